@@ -1,0 +1,93 @@
+"""Small shared pieces of the experiments: device, dtype, architecture, fits, figure style."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cntk import Architecture
+
+from .config import Config, ModelConfig
+from .results import write_atomic
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but no CUDA device is present: use device=auto or device=cpu")
+    return dev
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def architecture(model: ModelConfig, **override) -> Architecture:
+    """The one architecture description for both the finite net and its exact kernel."""
+    m = replace(model, **override)
+    return Architecture(
+        family=m.family, depth=m.depth, readout=m.readout, fix_first_last=m.fix_first_last,
+        filter_size=m.filter_size, activation=m.activation,
+    )
+
+
+def model_inputs(x: torch.Tensor, arch: Architecture) -> torch.Tensor:
+    """Images as the family wants them: (N, C, H, W) for cnn, flattened (N, D) for fc."""
+    return x.flatten(1) if arch.family == "fc" else x
+
+
+def loglog_fit(widths, errors) -> dict[str, float]:
+    """Least-squares slope of log(error) on log(width) with a 95 % confidence interval."""
+    from scipy import stats
+
+    lx, ly = np.log(np.asarray(widths, float)), np.log(np.asarray(errors, float))
+    n = len(lx)
+    if n < 3 or np.ptp(lx) == 0:
+        return {"slope": float("nan"), "slope_lo": float("nan"), "slope_hi": float("nan"), "intercept": float("nan")}
+    res = stats.linregress(lx, ly)
+    half = stats.t.ppf(0.975, n - 2) * res.stderr
+    return {"slope": res.slope, "slope_lo": res.slope - half, "slope_hi": res.slope + half, "intercept": res.intercept}
+
+
+def theorem_31_error(width: np.ndarray, n_layers: int, delta: float, constant: float) -> np.ndarray:
+    """Arora et al. Theorem 3.1: width m >= C L^6 / eps^4 log(L / delta) guarantees
+    |Theta_m - Theta| <= (L + 1) eps for inputs with ||x|| <= 1, w.p. 1 - delta; solved for the
+    error: (L + 1) (C L^6 log(L / delta) / m)^(1/4).  C is not given by the theorem."""
+    L = n_layers
+    return (L + 1) * (constant * L**6 * math.log(max(L, 2) / delta) / np.asarray(width, float)) ** 0.25
+
+
+def style() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+
+
+def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
+    """PNG (200 dpi) and PDF, each written atomically."""
+    import io
+
+    paths = []
+    for ext in ("png", "pdf"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=200, bbox_inches="tight")
+        path = Path(out_dir) / f"{name}.{ext}"
+        write_atomic(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+__all__ = ["Config"]

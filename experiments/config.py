@@ -1,0 +1,127 @@
+"""Structured configs (Hydra / OmegaConf schemas): a typo, a wrong type or an impossible value
+fails at start with one line naming the key."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+from cntk.architecture import ACTIVATIONS, FAMILIES, READOUTS
+
+DATASETS = ("digits", "fashion_mnist", "cifar10", "sphere")
+EXPERIMENTS = ("ntk_convergence", "prediction_equivalence", "kernel_vs_network", "monte_carlo_vs_exact")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class DataConfig:
+    """A seeded, class-balanced subset of a data set, with the paper's preprocessing."""
+
+    name: str = "digits"
+    n_train: int = 100
+    n_test: int = 100
+    num_classes: int = 10  # the first num_classes classes are used
+    root: str | None = None  # where the files are (default: per data set, see experiments/data.py)
+    download: bool = False  # fetch and checksum-verify when the files are missing (needs internet)
+    standardize: bool = True  # per-channel, with training-set statistics
+    shape: list[int] = field(default_factory=lambda: [1, 8, 8])  # sphere only: (C, H, W) of its points
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.name in DATASETS, "data.name", f"unknown data set {self.name!r}: use one of {DATASETS}")
+        _check(self.n_train >= 1, "data.n_train", f"must be >= 1, got {self.n_train}")
+        _check(self.n_test >= 0, "data.n_test", f"must be >= 0, got {self.n_test}")
+        _check(2 <= self.num_classes <= 10, "data.num_classes", f"must be in 2..10, got {self.num_classes}")
+        _check(len(self.shape) == 3 and min(self.shape) >= 1, "data.shape", f"must be [C, H, W], got {self.shape}")
+
+
+@dataclass
+class ModelConfig:
+    """The architecture (one description builds the finite net and its exact kernel) and a width."""
+
+    family: str = "cnn"
+    depth: int = 3
+    readout: str = "gap"
+    fix_first_last: bool = False
+    filter_size: int = 3
+    activation: str = "relu"
+    width: int = 256
+
+    def __post_init__(self) -> None:
+        _check(self.family in FAMILIES, "model.family", f"unknown family {self.family!r}: use one of {FAMILIES}")
+        _check(self.depth >= 2, "model.depth", f"must be >= 2 (conv layers + 1, the paper's convention), got {self.depth}")
+        _check(self.readout in READOUTS, "model.readout", f"unknown readout {self.readout!r}: use one of {READOUTS}")
+        _check(self.activation in ACTIVATIONS, "model.activation", f"must be one of {ACTIVATIONS}")
+        _check(self.filter_size >= 1 and self.filter_size % 2 == 1, "model.filter_size", "must be a positive odd integer")
+        _check(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
+        _check(not (self.fix_first_last and self.depth == 2), "model.fix_first_last", "needs model.depth >= 3")
+
+
+@dataclass
+class ExperimentConfig:
+    """What to measure.  Lists are swept inside one run; a Hydra multirun sweeps them across jobs
+    (e.g. ``-m experiment.seeds=[0],[1],[2]``)."""
+
+    name: str = "ntk_convergence"
+    widths: list[int] = field(default_factory=lambda: [16, 64, 256, 1024])
+    depths: list[int] = field(default_factory=lambda: [3])
+    readouts: list[str] = field(default_factory=lambda: ["gap", "flatten"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    n_points: int = 12  # inputs whose kernel is measured (ntk_convergence)
+    steps: int = 300  # full-batch GD steps (prediction_equivalence)
+    lr_fraction: float = 1.0  # learning rate = lr_fraction / lambda_max(initial NTK)
+    output_scale: float = 1.0  # kappa of Theorem 3.2
+    centered: bool = True  # subtract the initial function (prediction_equivalence)
+    ridge: float = 0.0  # kernel regression ridge, relative to the mean diagonal
+    sgd_epochs: int = 30  # kernel_vs_network: finite nets trained by minibatch SGD
+    sgd_batch_size: int = 64
+    sgd_lr: float = 0.1
+    delta: float = 0.05  # failure probability drawn with the theorem's width bound
+    bound_constant: float = 1.0  # the theorem's unspecified constant, drawn as this value
+
+    def __post_init__(self) -> None:
+        _check(self.name in EXPERIMENTS, "experiment.name", f"unknown experiment {self.name!r}: use one of {EXPERIMENTS}")
+        _check(len(self.widths) > 0 and min(self.widths) >= 1, "experiment.widths", f"widths must be >= 1, got {self.widths}")
+        _check(len(self.depths) > 0 and min(self.depths) >= 2, "experiment.depths", f"depths must be >= 2, got {self.depths}")
+        bad = [r for r in self.readouts if r not in READOUTS]
+        _check(len(self.readouts) > 0 and not bad, "experiment.readouts", f"unknown readout(s) {bad}: use {READOUTS}")
+        _check(len(self.seeds) > 0, "experiment.seeds", "needs at least one seed")
+        _check(self.n_points >= 2, "experiment.n_points", f"must be >= 2, got {self.n_points}")
+        _check(self.steps >= 1, "experiment.steps", f"must be >= 1, got {self.steps}")
+        _check(0 < self.lr_fraction < 2, "experiment.lr_fraction", f"must be in (0, 2) for stable GD, got {self.lr_fraction}")
+        _check(self.output_scale > 0, "experiment.output_scale", f"must be > 0, got {self.output_scale}")
+        _check(self.ridge >= 0, "experiment.ridge", f"must be >= 0, got {self.ridge}")
+        _check(self.sgd_epochs >= 1 and self.sgd_batch_size >= 1 and self.sgd_lr > 0, "experiment.sgd_*", "must be positive")
+        _check(0 < self.delta < 1, "experiment.delta", f"must be in (0, 1), got {self.delta}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when present, else cpu
+    dtype: str = "float64"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.dtype in ("float32", "float64"), "dtype", f"must be float32 or float64, got {self.dtype!r}")
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "device", "use auto, cpu or cuda[:N]")
+
+
+def register() -> None:
+    """Register the schemas: conf/config.yaml extends ``base_config``, each group file its schema."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="experiment", name="base_experiment", node=ExperimentConfig)

@@ -1,0 +1,109 @@
+"""Results files: one row per measured point, written atomically, with full provenance."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def git_commit() -> str:
+    """HEAD of the repository holding this file, with '+dirty' when there are uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {name} ({os.cpu_count()} cores)"
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Versions, device, commit and time of this run."""
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "numpy", "hydra-core", "cntk-suite", "numba", "triton"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "git_commit": git_commit(),
+        "versions": versions,
+        "device": device_name(device),
+        "host": platform.node(),
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save(out_dir: str | Path, rows: list[dict[str, Any]], config: dict[str, Any], prov: dict[str, Any]) -> None:
+    """results.csv (one row per point, provenance columns appended) and results.json (config,
+    provenance, rows); each written atomically."""
+    flat_prov = {
+        "git_commit": prov["git_commit"],
+        "torch": prov["versions"].get("torch", ""),
+        "device": prov["device"],
+    }
+    full = [{**r, **flat_prov} for r in rows]
+    fields: list[str] = []
+    for r in full:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(full)
+    write_atomic(Path(out_dir) / RESULTS_CSV, buf.getvalue())
+    doc = {"config": config, "provenance": prov, "rows": rows}
+    write_atomic(Path(out_dir) / RESULTS_JSON, json.dumps(doc, indent=1, default=float))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """A results.json document (path to the file or to the run folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_JSON
+    return json.loads(path.read_text())

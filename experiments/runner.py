@@ -1,0 +1,64 @@
+"""What run.py does with a composed config: validate, load data, run, save, plot."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import get, results
+from .common import resolve_device, resolve_dtype, set_seed
+from .config import Config, ConfigError
+from .data import load
+
+log = logging.getLogger("experiments")
+
+
+def validate(dcfg: DictConfig) -> Config:
+    """The typed config; raises ConfigError naming the key for impossible values."""
+    try:
+        return OmegaConf.to_object(dcfg)
+    except ConfigError:
+        raise
+    except ValueError as err:  # OmegaConf wraps __post_init__ errors in its own types
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(str(err).splitlines()[0]) from err
+
+
+def execute(dcfg: DictConfig, out_dir: str | Path) -> dict:
+    """Run the configured experiment and write results.{csv,json}, summary.csv, figures into out_dir."""
+    cfg = validate(dcfg)
+    set_seed(cfg.seed)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+    exp = get(cfg.experiment.name)
+    data = load(cfg.data)
+    log.info("experiment %s on %s (%d train / %d test), device %s, %s", cfg.experiment.name, cfg.data.name,
+             len(data.x_train), len(data.x_test), device, cfg.dtype)
+    t0 = time.perf_counter()
+    rows = exp.run(cfg, data, device, dtype)
+    wall = time.perf_counter() - t0
+    rows = [{"experiment": cfg.experiment.name, "data": cfg.data.name, **r, "run_wall_seconds": round(wall, 3)}
+            for r in rows]
+    config = OmegaConf.to_container(dcfg, resolve=True)
+    results.save(out_dir, rows, config, results.provenance(device))
+    paths, summary = exp.plot(results.load(out_dir), out_dir)
+    if summary:
+        write_csv(Path(out_dir) / "summary.csv", summary)
+    log.info("wrote %s and %s in %s (%.1f s)", results.RESULTS_CSV, ", ".join(p.name for p in paths), out_dir, wall)
+    return {"rows": rows, "figures": paths, "summary": summary}
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    results.write_atomic(path, buf.getvalue())

@@ -1,0 +1,37 @@
+"""Hydra entry point.
+
+    python run.py                                   # default: ntk_convergence on digits
+    python run.py experiment=kernel_vs_network data=fashion_mnist
+    python run.py -m experiment.seeds=[0],[1],[2]   # a sweep; aggregated at the end
+    python -m experiments.aggregate multirun/DATE/TIME
+
+Every run writes results.csv / results.json (config, seed, git commit, versions, device, wall
+time), figures (PNG and PDF), summary.csv and a log into its Hydra output folder.
+"""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from experiments.config import ConfigError, register
+from experiments.data import DataMissingError
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from experiments.runner import execute
+
+    try:
+        execute(cfg, HydraConfig.get().runtime.output_dir)
+    except (ConfigError, DataMissingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
