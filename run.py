@@ -10,6 +10,7 @@ time), figures (PNG and PDF), summary.csv and a log into its Hydra output folder
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -28,8 +29,10 @@ def main(cfg: DictConfig) -> None:
 
     try:
         execute(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, DataMissingError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, DataMissingError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("CNTK_TRACEBACK"):
+            raise
+        print(f"error: {err} (set CNTK_TRACEBACK=1 for the traceback)", file=sys.stderr)
         sys.exit(2)
 
 

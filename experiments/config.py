@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from cntk.architecture import ACTIVATIONS, FAMILIES, READOUTS
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "sphere")
-EXPERIMENTS = ("ntk_convergence", "prediction_equivalence", "kernel_vs_network", "monte_carlo_vs_exact")
+EXPERIMENTS = ("ntk_convergence", "prediction_equivalence", "kernel_vs_network", "monte_carlo_vs_exact", "gram", "solve")
 
 
 class ConfigError(ValueError):
@@ -104,10 +104,37 @@ class ExperimentConfig:
 
 
 @dataclass
+class GramConfig:
+    """The tiled kernel matrix of train (upper triangle) and test x train, on disk (experiment=gram),
+    and its kernel regression (experiment=solve)."""
+
+    store: str = "stores/${data.name}-${model.readout}-d${model.depth}-${data.n_train}x${data.n_test}-${gram.kind}"
+    tile: int = 256  # images per tile side
+    job: int = 0  # this job's index: it computes tiles job, job + num_jobs, ...
+    num_jobs: int = 1
+    kind: str = "ntk"
+    backend: str = "auto"
+    ridges: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3, 1e-2])
+    solver: str = "auto"  # cholesky | cg | auto (cholesky when K_train fits in gram.max_dense_gb)
+    max_dense_gb: float = 8.0
+    cg_tol: float = 1e-10
+    cg_max_iter: int = 5000
+
+    def __post_init__(self) -> None:
+        _check(self.tile >= 1, "gram.tile", f"must be >= 1, got {self.tile}")
+        _check(self.num_jobs >= 1, "gram.num_jobs", f"must be >= 1, got {self.num_jobs}")
+        _check(0 <= self.job < self.num_jobs, "gram.job", f"must be in [0, gram.num_jobs={self.num_jobs}), got {self.job}")
+        _check(self.kind in ("ntk", "nngp"), "gram.kind", f"must be ntk or nngp, got {self.kind!r}")
+        _check(len(self.ridges) > 0 and min(self.ridges) >= 0, "gram.ridges", f"must be >= 0, got {self.ridges}")
+        _check(self.solver in ("auto", "cholesky", "cg"), "gram.solver", f"must be auto, cholesky or cg, got {self.solver!r}")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    gram: GramConfig = field(default_factory=GramConfig)
     seed: int = 0
     device: str = "auto"  # auto: cuda when present, else cpu
     dtype: str = "float64"

@@ -84,9 +84,11 @@ def plot(doc: dict, out_dir: str | Path) -> tuple[list[Path], list[dict]]:
                 ax.fill_between(widths, lo, hi, color=color, alpha=0.15, lw=0)
             summary.append({"readout": readout, "depth": depth, "metric": key, **fit,
                             "n_points": len(sel), "widths": len(widths)})
+    for di, depth in enumerate(sorted({d for _, d in groups})):
+        widths = sorted({r["width"] for r in rows if r["depth"] == depth})
         bound = theorem_31_error(np.array(widths), depth - 1, e["delta"], e["bound_constant"])
-        axes[1].plot(widths, bound, "--", color=color, lw=1,
-                     label=f"Thm 3.1 bound, depth {depth}" if readout == groups[0][0] else None)
+        axes[1].plot(widths, bound, ["--", "-.", ":"][di % 3], color="black", lw=1,
+                     label=f"Thm 3.1 guarantee (L+1)ε, depth {depth}")
     all_w = sorted({r["width"] for r in rows})
     ref = np.array(all_w, float)
     y0 = np.median([r["rel_fro_error"] for r in rows if r["width"] == all_w[0]])

@@ -49,7 +49,8 @@ def execute(dcfg: DictConfig, out_dir: str | Path) -> dict:
     paths, summary = exp.plot(results.load(out_dir), out_dir)
     if summary:
         write_csv(Path(out_dir) / "summary.csv", summary)
-    log.info("wrote %s and %s in %s (%.1f s)", results.RESULTS_CSV, ", ".join(p.name for p in paths), out_dir, wall)
+    written = [results.RESULTS_CSV, results.RESULTS_JSON] + (["summary.csv"] if summary else []) + [p.name for p in paths]
+    log.info("wrote %s into %s (%.1f s)", ", ".join(written), out_dir, wall)
     return {"rows": rows, "figures": paths, "summary": summary}
 
 

@@ -1,0 +1,209 @@
+"""A resumable, tiled kernel matrix on disk.
+
+Layout of a store folder:
+    meta.json               what the matrix is: architecture, kind, dtype, sizes, tile size,
+                            and a sha256 fingerprint of the inputs (a store never mixes inputs)
+    tiles/r{I}_c{J}.npy     one tile, rows I*T.., columns J*T.. (numpy .npy)
+    tiles/r{I}_c{J}.sha256  its checksum, written after the tile
+
+Both files are written atomically (temporary file + rename), so a killed job leaves at most a
+tile without its checksum, which counts as missing; a tile whose bytes do not match its checksum
+(corrupted, truncated) counts as failed; both are recomputed, never used.
+
+Why .npy tiles with checksums rather than zarr: every tile is an independent, atomically renamed
+file in numpy's own well-kept format, readable without this package, verifiable by checksum,
+and safe for many writers on a shared (NFS/Lustre) file system, where no locking is needed
+because no two jobs write the same tile.
+
+Which tiles: rows x columns of ``n_rows`` row inputs by ``n_cols`` column inputs; with
+``symmetric`` (rows and columns are the same inputs) only tiles with J >= I are stored.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .api import kernel
+from .architecture import Architecture
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fingerprint(x: torch.Tensor) -> str:
+    """sha256 of the inputs' bytes, shape and dtype."""
+    h = hashlib.sha256(f"{tuple(x.shape)} {x.dtype}".encode())
+    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class StoreMeta:
+    arch: dict
+    kind: str
+    dtype: str
+    n_rows: int
+    n_cols: int
+    tile: int
+    symmetric: bool
+    rows_sha256: str
+    cols_sha256: str
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return -(-self.n_rows // self.tile), -(-self.n_cols // self.tile)
+
+    def tiles(self) -> list[tuple[int, int]]:
+        gi, gj = self.grid
+        return [(i, j) for i in range(gi) for j in range(gj) if not (self.symmetric and j < i)]
+
+
+class TileStore:
+    """A kernel matrix K(rows, cols) of ``arch`` in tiles under ``path``."""
+
+    def __init__(self, path: str | Path, meta: StoreMeta):
+        self.path, self.meta = Path(path), meta
+
+    # -- creation -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, rows: torch.Tensor, cols: torch.Tensor | None, arch: Architecture,
+             kind: str = "ntk", tile: int = 256) -> "TileStore":
+        """Create the store, or reopen it after checking that it holds the same matrix."""
+        if tile < 1:
+            raise ValueError(f"tile must be >= 1, got {tile}")
+        symmetric = cols is None
+        meta = StoreMeta(
+            arch=asdict(arch), kind=kind, dtype=str(rows.dtype).replace("torch.", ""), n_rows=len(rows),
+            n_cols=len(rows) if symmetric else len(cols), tile=tile, symmetric=symmetric,
+            rows_sha256=fingerprint(rows), cols_sha256=fingerprint(rows if symmetric else cols),
+        )
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if meta_path.exists():
+            old = StoreMeta(**json.loads(meta_path.read_text()))
+            if old != meta:
+                diff = [k for k in asdict(meta) if asdict(meta)[k] != asdict(old)[k]]
+                raise ValueError(f"{path} holds a different matrix (differs in {', '.join(diff)}): "
+                                 "use another store path or delete it")
+        else:
+            (path / "tiles").mkdir(parents=True, exist_ok=True)
+            _atomic_write(meta_path, json.dumps(asdict(meta), indent=1).encode())
+        return cls(path, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TileStore":
+        meta_path = Path(path) / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{path} is not a tile store (no meta.json): run experiment=gram first")
+        return cls(path, StoreMeta(**json.loads(meta_path.read_text())))
+
+    # -- tiles ----------------------------------------------------------------------------------
+    def _files(self, i: int, j: int) -> tuple[Path, Path]:
+        base = self.path / "tiles" / f"r{i}_c{j}"
+        return base.with_suffix(".npy"), base.with_suffix(".sha256")
+
+    def _bounds(self, i: int, j: int) -> tuple[slice, slice]:
+        t = self.meta.tile
+        return slice(i * t, min((i + 1) * t, self.meta.n_rows)), slice(j * t, min((j + 1) * t, self.meta.n_cols))
+
+    def state(self, i: int, j: int) -> str:
+        """'done', 'missing' (no tile or no checksum yet) or 'failed' (bytes do not match the checksum)."""
+        data, check = self._files(i, j)
+        if not data.exists() or not check.exists():
+            return "missing"
+        return "done" if hashlib.sha256(data.read_bytes()).hexdigest() == check.read_text().strip() else "failed"
+
+    def status(self) -> dict[str, list[tuple[int, int]]]:
+        out: dict[str, list[tuple[int, int]]] = {"done": [], "missing": [], "failed": []}
+        for ij in self.meta.tiles():
+            out[self.state(*ij)].append(ij)
+        return out
+
+    def read_tile(self, i: int, j: int, verify: bool = True) -> np.ndarray:
+        """Tile (i, j); with verify, its checksum is checked first (raises if missing or corrupt)."""
+        data, check = self._files(i, j)
+        raw = data.read_bytes() if data.exists() else b""
+        if verify and (not check.exists() or hashlib.sha256(raw).hexdigest() != check.read_text().strip()):
+            raise ValueError(f"tile ({i}, {j}) of {self.path} is missing or corrupt: rerun experiment=gram to recompute it")
+        return np.load(io.BytesIO(raw))
+
+    def write_tile(self, i: int, j: int, block: np.ndarray) -> None:
+        data, check = self._files(i, j)
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(block))
+        raw = buf.getvalue()
+        check.unlink(missing_ok=True)  # never a checksum that vouches for older bytes
+        _atomic_write(data, raw)
+        _atomic_write(check, (hashlib.sha256(raw).hexdigest() + "\n").encode())
+
+    def compute_tile(self, i: int, j: int, rows: torch.Tensor, cols: torch.Tensor | None, **kernel_options) -> str:
+        """Compute tile (i, j) unless it is done; returns its state before ('done', 'missing', 'failed')."""
+        state = self.state(i, j)
+        if state == "done":
+            return state
+        arch = Architecture(**self.meta.arch)
+        rs, cs = self._bounds(i, j)
+        if self.meta.symmetric and i == j:
+            block = kernel(rows[rs], None, arch, self.meta.kind, progress=False, **kernel_options)
+        else:
+            block = kernel(rows[rs], (rows if cols is None else cols)[cs], arch, self.meta.kind, progress=False,
+                           **kernel_options)
+        self.write_tile(i, j, block.cpu().numpy())
+        return state
+
+    def check_inputs(self, rows: torch.Tensor, cols: torch.Tensor | None) -> None:
+        if fingerprint(rows) != self.meta.rows_sha256 or (cols is not None and fingerprint(cols) != self.meta.cols_sha256):
+            raise ValueError(f"these inputs are not the ones {self.path} was made for: use another store path")
+
+    def compute(self, rows: torch.Tensor, cols: torch.Tensor | None, job: int = 0, num_jobs: int = 1,
+                progress: bool = True, **kernel_options) -> dict[str, int]:
+        """Compute this job's share of the tiles (round robin over the tile list) that are not done.
+        Returns counts of tiles computed, skipped (already done) and recomputed (were failed)."""
+        if not 0 <= job < num_jobs:
+            raise ValueError(f"job index {job} must be in [0, {num_jobs})")
+        self.check_inputs(rows, cols)
+        from tqdm.auto import tqdm
+
+        counts = {"computed": 0, "skipped": 0, "recomputed": 0}
+        mine = [ij for k, ij in enumerate(self.meta.tiles()) if k % num_jobs == job]
+        for i, j in tqdm(mine, desc=f"tiles (job {job}/{num_jobs})", disable=not progress, unit="tile"):
+            before = self.compute_tile(i, j, rows, cols, **kernel_options)
+            counts[{"done": "skipped", "missing": "computed", "failed": "recomputed"}[before]] += 1
+        return counts
+
+    def bounds(self, i: int, j: int) -> tuple[slice, slice]:
+        """Row and column slices of tile (i, j) in the whole matrix."""
+        return self._bounds(i, j)
+
+    def assemble(self) -> np.ndarray:
+        """The whole matrix (symmetric stores mirrored); every tile verified; raises if any is not done."""
+        st = self.status()
+        if st["missing"] or st["failed"]:
+            raise ValueError(f"{self.path}: {len(st['missing'])} tiles missing and {len(st['failed'])} failed: "
+                             "rerun experiment=gram with the same settings to complete it")
+        out = np.zeros((self.meta.n_rows, self.meta.n_cols), dtype=self.meta.dtype)
+        for i, j in self.meta.tiles():
+            rs, cs = self._bounds(i, j)
+            block = self.read_tile(i, j)
+            out[rs, cs] = block
+            if self.meta.symmetric and i != j:
+                out[cs, rs] = block.T
+        return out

@@ -1,0 +1,137 @@
+"""Theorem 3.2: a wide net trained by full-batch GD predicts like the kernel predictor.
+
+For every readout, depth, width and seed: the net (NTK parameterisation, output scale kappa,
+optionally centred: f - f0) is trained by full-batch GD on 0.5 * ||f(X) - Y||^2 with
+lr = lr_fraction / lambda_max(initial empirical NTK); at every recorded step its test
+predictions are compared with the linearised net on the exact kernel after the same number of
+steps at the same lr (finite_nets.gd_predictions), and at the end with kernel regression
+(t -> infinity).  Also the relative kernel drift ||Theta_T - Theta_0|| / ||Theta_0||.
+Targets: a scalar regression target, +1 for the first half of the classes, -1 otherwise.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import cntk
+import finite_nets
+
+from .common import architecture, loglog_fit, model_inputs, save_figure, style
+from .config import Config
+from .data import Dataset
+
+
+def _eval_steps(steps: int) -> list[int]:
+    pts = np.unique(np.round(np.geomspace(1, steps, 12)).astype(int))
+    return sorted({0, *pts.tolist(), steps})
+
+
+def run(cfg: Config, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    e = cfg.experiment
+    kappa = e.output_scale
+    y = torch.where(data.y_train < data.num_classes // 2, 1.0, -1.0).to(torch.float64)
+    steps_list = _eval_steps(e.steps)
+    rows = []
+    grid = [(r, d) for r in e.readouts for d in e.depths]
+    with tqdm(total=len(grid) * len(e.widths) * len(e.seeds), desc="prediction_equivalence",
+              disable=not cfg.progress) as bar:
+        for readout, depth in grid:
+            arch = architecture(cfg.model, readout=readout, depth=depth)
+            xtr = model_inputs(data.x_train, arch).to(device=device, dtype=dtype)
+            xte = model_inputs(data.x_test, arch).to(device=device, dtype=dtype)
+            k = kappa**2 * cntk.kernel(xtr, None, arch).double()
+            kt = kappa**2 * cntk.kernel(xte, xtr, arch).double()
+            f_inf = finite_nets.kernel_predictions(k, kt, y)
+            for width in e.widths:
+                for seed in e.seeds:
+                    t0 = time.perf_counter()
+                    net = finite_nets.build(arch, width, seed=seed, input_shape=tuple(xtr.shape[1:]),
+                                            output_scale=kappa, dtype=dtype, device=device)
+                    res = finite_nets.train_gd(net, xtr, y.to(dtype), xte, steps=e.steps, lr_fraction=e.lr_fraction,
+                                               centered=e.centered, eval_steps=steps_list, drift_steps=[e.steps])
+                    f_net = res.test_predictions[..., 0].double().cpu()  # (S, M)
+                    f_lin = finite_nets.gd_predictions(k, kt, y, res.lr, res.eval_steps).cpu()  # (S, M)
+                    scale = f_lin.pow(2).mean(1).sqrt().clamp_min(1e-300)
+                    diff = (f_net - f_lin).pow(2).mean(1).sqrt() / scale
+                    for s, step in enumerate(res.eval_steps):
+                        rows.append({
+                            "readout": readout, "depth": depth, "width": width, "seed": seed, "step": step,
+                            "rel_test_diff": float(diff[s]),
+                            "max_abs_test_diff": float((f_net[s] - f_lin[s]).abs().max()),
+                            "train_loss": float(res.loss[step]),
+                        })
+                    final = rows[-1]
+                    final["drift"] = float(res.drift[-1])
+                    final["rel_diff_to_kernel_regression"] = float(
+                        (f_net[-1] - f_inf.cpu()).pow(2).mean().sqrt() / f_inf.pow(2).mean().sqrt())
+                    final["lr_times_lambda_max"] = res.lr * res.lambda_max
+                    final["seconds"] = time.perf_counter() - t0
+                    bar.update()
+    return rows
+
+
+def plot(doc: dict, out_dir: str | Path):
+    style()
+    import matplotlib.pyplot as plt
+
+    rows, e = doc["rows"], doc["config"]["experiment"]
+    last = max(r["step"] for r in rows)
+    finals = [r for r in rows if r["step"] == last and "drift" in r]
+    groups = sorted({(r["readout"], r["depth"]) for r in rows})
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    cmap = plt.get_cmap("tab10")
+    summary = []
+    for gi, (readout, depth) in enumerate(groups):
+        sel = [r for r in finals if r["readout"] == readout and r["depth"] == depth]
+        widths = sorted({r["width"] for r in sel})
+        name = f"CNN-{'GAP' if readout == 'gap' else 'V'} depth {depth}"
+        for ax, key in ((axes[0], "rel_test_diff"), (axes[1], "drift")):
+            pts_w = [r["width"] for r in sel]
+            pts = [r[key] for r in sel]
+            fit = loglog_fit(pts_w, pts)
+            mean = [np.mean([r[key] for r in sel if r["width"] == w]) for w in widths]
+            ax.scatter(pts_w, pts, s=10, color=cmap(gi), alpha=0.4)
+            lab = name + (f": slope {fit['slope']:.2f} [{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}]"
+                          if np.isfinite(fit["slope"]) else "")
+            ax.plot(widths, mean, "-o", ms=4, color=cmap(gi), label=lab)
+            summary.append({"readout": readout, "depth": depth, "metric": key, **fit})
+    ws = sorted({r["width"] for r in finals})
+    if ws:
+        ref = np.array(ws, float)
+        d0 = np.median([r["drift"] for r in finals if r["width"] == ws[0]])
+        axes[1].plot(ref, d0 * (ref / ref[0]) ** -0.5, ":", color="gray", label=r"$\propto m^{-1/2}$")
+    readout, depth = groups[0]
+    sel = [r for r in rows if r["readout"] == readout and r["depth"] == depth]
+    widths = sorted({r["width"] for r in sel})
+    for wi, w in enumerate(widths):
+        steps = sorted({r["step"] for r in sel if r["width"] == w and r["step"] > 0})
+        mean = [np.mean([r["rel_test_diff"] for r in sel if r["width"] == w and r["step"] == s]) for s in steps]
+        axes[2].plot(steps, mean, "-", color=plt.get_cmap("viridis")(wi / max(1, len(widths) - 1)), label=f"m = {w}")
+    axes[0].set_ylabel("RMS(f_net - f_lin) / RMS(f_lin), test, end of training")
+    axes[1].set_ylabel(r"kernel drift $\|\Theta_T - \Theta_0\|_F / \|\Theta_0\|_F$")
+    axes[2].set_ylabel("RMS(f_net - f_lin) / RMS(f_lin), test")
+    for ax in axes[:2]:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("width m")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel(f"GD step (CNN-{'GAP' if readout == 'gap' else 'V'} depth {depth}, seed mean)")
+    axes[0].set_title("Trained net vs kernel predictor")
+    axes[1].set_title("Kernel drift during training")
+    axes[2].set_title("Along training time")
+    fig.text(0.5, -0.05,
+             f"{doc['config']['data']['name']}, {doc['config']['data']['n_train']} train / "
+             f"{doc['config']['data']['n_test']} test, full-batch GD, {last} steps, lr = {e['lr_fraction']:g}/λmax, "
+             f"κ = {e['output_scale']:g}, {'centred (f - f0)' if e['centered'] else 'uncentred'}; "
+             "f_lin = linearised net on the exact CNTK after the same steps; points = seeds.",
+             ha="center", fontsize=7)
+    fig.tight_layout()
+    paths = save_figure(fig, out_dir, "prediction_equivalence")
+    plt.close(fig)
+    return paths, summary

@@ -1,0 +1,137 @@
+"""Tiled, resumable kernel matrices (experiment=gram) and their solve (experiment=solve)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cntk
+from cntk.tiles import TileStore
+from experiments.config import DataConfig
+from experiments.data import load
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ["data.n_train=40", "data.n_test=16"]
+
+
+def run_py(*args, cwd, check=True, **kw):
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args, "progress=false"], capture_output=True,
+                          text=True, cwd=cwd, timeout=600, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def _direct(n_train=40, n_test=16, depth=3, readout="gap"):
+    d = load(DataConfig(name="digits", n_train=n_train, n_test=n_test))
+    arch = cntk.Architecture(depth=depth, readout=readout)
+    return cntk.kernel(d.x_train, None, arch).numpy(), cntk.kernel(d.x_test, d.x_train, arch).numpy()
+
+
+def test_tiles_assemble_to_the_direct_kernel(tmp_path):
+    x, y = torch.rand(11, 1, 5, 5, dtype=torch.float64), torch.rand(7, 1, 5, 5, dtype=torch.float64)
+    arch = cntk.Architecture(depth=4, readout="flatten")
+    s = TileStore.open(tmp_path / "a", x, None, arch, tile=4)
+    assert s.compute(x, None, job=0, num_jobs=2, progress=False)["computed"] == 3
+    assert len(s.status()["missing"]) == 3
+    s.compute(x, None, job=1, num_jobs=2, progress=False)
+    np.testing.assert_allclose(s.assemble(), cntk.kernel(x, None, arch).numpy(), rtol=1e-13)
+    r = TileStore.open(tmp_path / "b", y, x, arch, tile=3)
+    r.compute(y, x, progress=False)
+    np.testing.assert_allclose(r.assemble(), cntk.kernel(y, x, arch).numpy(), rtol=1e-13)
+    with pytest.raises(ValueError, match="different matrix"):
+        TileStore.open(tmp_path / "a", x * 2, None, arch, tile=4)
+
+
+def test_corrupted_and_truncated_tiles_are_detected_and_recomputed(tmp_path):
+    x = torch.rand(9, 1, 4, 4, dtype=torch.float64)
+    arch = cntk.Architecture(depth=3)
+    s = TileStore.open(tmp_path / "s", x, None, arch, tile=3)
+    s.compute(x, None, progress=False)
+    good = s.assemble()
+    tiles = tmp_path / "s" / "tiles"
+    raw = bytearray((tiles / "r0_c1.npy").read_bytes())
+    raw[-5] ^= 0xFF  # flip bits in the data
+    (tiles / "r0_c1.npy").write_bytes(bytes(raw))
+    (tiles / "r1_c2.npy").write_bytes((tiles / "r1_c2.npy").read_bytes()[:-20])  # truncate
+    (tiles / "r2_c2.sha256").unlink()  # killed between the tile and its checksum
+    st = s.status()
+    assert sorted(st["failed"]) == [(0, 1), (1, 2)] and st["missing"] == [(2, 2)]
+    with pytest.raises(ValueError, match="missing or corrupt"):
+        s.read_tile(0, 1)
+    with pytest.raises(ValueError, match="tiles missing"):
+        s.assemble()
+    counts = s.compute(x, None, progress=False)
+    assert counts == {"computed": 1, "skipped": 3, "recomputed": 2}
+    np.testing.assert_array_equal(s.assemble(), good)
+
+
+def test_killed_gram_run_resumes_and_recomputes_only_missing_tiles(tmp_path):
+    store = tmp_path / "store"
+    args = ["experiment=gram", *DATA, "model.depth=4", "gram.tile=4", "gram.backend=reference", f"gram.store={store}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, "progress=false",
+                             f"hydra.run.dir={tmp_path / 'killed'}"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((store / "train" / "tiles").glob("*.sha256"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # a real kill, mid-tile
+    proc.wait()
+    done_before = {p.stem for p in (store / "train" / "tiles").glob("*.sha256")}
+    assert 3 <= len(done_before) < 55, "the kill must land mid-way"
+    assert not (tmp_path / "killed" / "results.csv").exists()
+    status = subprocess.run([sys.executable, "-m", "experiments.gram_status", str(store)], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert status.returncode == 1 and "incomplete" in status.stdout
+    run_py(*args, f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "resumed" / "results.csv")))
+    skipped = {f"r{r['tile_row']}_c{r['tile_col']}" for r in rows if r["state_before"] == "done" and r["block"] == "train"}
+    assert skipped == done_before  # only missing tiles were recomputed
+    k, kt = _direct(depth=4)
+    np.testing.assert_allclose(TileStore.load(store / "train").assemble(), k, rtol=1e-12)
+    np.testing.assert_allclose(TileStore.load(store / "test_train").assemble(), kt, rtol=1e-12)
+    status = subprocess.run([sys.executable, "-m", "experiments.gram_status", str(store)], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert status.returncode == 0 and "complete" in status.stdout
+
+
+def test_joblib_and_submitit_local_give_identical_stores_and_solve(tmp_path):
+    stores = {}
+    for launcher in ("local_parallel", "submitit_local_preset"):
+        store = tmp_path / launcher
+        run_py("-m", f"hydra/launcher={launcher}", "experiment=gram", *DATA, "gram.tile=8", "gram.job=0,1",
+               "gram.num_jobs=2", f"gram.store={store}", f"hydra.sweep.dir={tmp_path / ('sweep_' + launcher)}",
+               cwd=tmp_path)
+        stores[launcher] = store
+    a, b = (sorted((s / "train" / "tiles").glob("*.npy")) for s in stores.values())
+    assert [p.name for p in a] == [p.name for p in b] and len(a) == 15
+    for pa, pb in zip(a, b):
+        assert pa.read_bytes() == pb.read_bytes()
+    k, kt = _direct()
+    np.testing.assert_allclose(TileStore.load(stores["local_parallel"] / "train").assemble(), k, rtol=1e-12)
+    # solve: Cholesky and CG agree with a direct kernel regression
+    for solver in ("cholesky", "cg"):
+        out = tmp_path / f"solve_{solver}"
+        run_py("experiment=solve", *DATA, "gram.tile=8", f"gram.store={stores['local_parallel']}",
+               f"gram.solver={solver}", "gram.ridges=[0.001]", f"hydra.run.dir={out}", cwd=tmp_path)
+        import csv
+
+        row = list(csv.DictReader(open(out / "results.csv")))[0]
+        d = load(DataConfig(name="digits", n_train=40, n_test=16))
+        direct = cntk.accuracy(cntk.kernel_regression(torch.tensor(k), cntk.paper_targets(d.y_train, 10), ridge=1e-3)
+                               .predict(torch.tensor(kt)), d.y_test)
+        assert float(row["accuracy"]) == pytest.approx(direct) and float(row["residual"]) < 1e-8
+        assert (out / "table.md").exists()
+
+
+def test_solve_without_a_store_says_what_to_do(tmp_path):
+    proc = run_py("experiment=solve", *DATA, f"gram.store={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'r'}",
+                  cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "run experiment=gram first" in proc.stderr
