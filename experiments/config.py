@@ -108,7 +108,7 @@ class GramConfig:
     """The tiled kernel matrix of train (upper triangle) and test x train, on disk (experiment=gram),
     and its kernel regression (experiment=solve)."""
 
-    store: str = "stores/${data.name}-${model.readout}-d${model.depth}-${data.n_train}x${data.n_test}-${gram.kind}"
+    store: str = "stores/${data.name}-${model.readout}-d${model.depth}-${data.n_train}x${data.n_test}-${gram.kind}-${dtype}"
     tile: int = 256  # images per tile side
     job: int = 0  # this job's index: it computes tiles job, job + num_jobs, ...
     num_jobs: int = 1

@@ -103,7 +103,8 @@ def plot(doc: dict, out_dir: str | Path):
     if ws:
         ref = np.array(ws, float)
         d0 = np.median([r["drift"] for r in finals if r["width"] == ws[0]])
-        axes[1].plot(ref, d0 * (ref / ref[0]) ** -0.5, ":", color="gray", label=r"$\propto m^{-1/2}$")
+        axes[1].plot(ref, d0 * (ref / ref[0]) ** -0.5, ":", color="gray", label=r"$\propto m^{-1/2}$ (theory's rate)")
+        axes[1].plot(ref, d0 * (ref / ref[0]) ** -1.0, "--", color="gray", lw=0.8, label=r"$\propto m^{-1}$")
     readout, depth = groups[0]
     sel = [r for r in rows if r["readout"] == readout and r["depth"] == depth]
     widths = sorted({r["width"] for r in sel})
