@@ -83,7 +83,7 @@ class ExperimentConfig:
     ridge: float = 0.0  # kernel regression ridge, relative to the mean diagonal
     sgd_epochs: int = 30  # kernel_vs_network: finite nets trained by minibatch SGD
     sgd_batch_size: int = 64
-    sgd_lr: float = 0.1
+    sgd_lr_fraction: float = 0.5  # SGD lr = fraction * batch / lambda_max(initial NTK on a batch)
     delta: float = 0.05  # failure probability drawn with the theorem's width bound
     bound_constant: float = 1.0  # the theorem's unspecified constant, drawn as this value
 
@@ -99,7 +99,7 @@ class ExperimentConfig:
         _check(0 < self.lr_fraction < 2, "experiment.lr_fraction", f"must be in (0, 2) for stable GD, got {self.lr_fraction}")
         _check(self.output_scale > 0, "experiment.output_scale", f"must be > 0, got {self.output_scale}")
         _check(self.ridge >= 0, "experiment.ridge", f"must be >= 0, got {self.ridge}")
-        _check(self.sgd_epochs >= 1 and self.sgd_batch_size >= 1 and self.sgd_lr > 0, "experiment.sgd_*", "must be positive")
+        _check(self.sgd_epochs >= 1 and self.sgd_batch_size >= 1 and 0 < self.sgd_lr_fraction < 2, "experiment.sgd_*", "epochs and batch size must be >= 1, sgd_lr_fraction in (0, 2)")
         _check(0 < self.delta < 1, "experiment.delta", f"must be in (0, 1), got {self.delta}")
 
 

@@ -43,7 +43,7 @@ def run(cfg: Config, data: Dataset, device: torch.device, dtype: torch.dtype) ->
                     net = finite_nets.build(arch, width, seed=seed, input_shape=tuple(xtr.shape[1:]),
                                             out_dim=data.num_classes, dtype=dtype, device=device)
                     res = finite_nets.train_sgd(net, xtr, data.y_train, xte, data.y_test, epochs=e.sgd_epochs,
-                                                batch_size=e.sgd_batch_size, lr_fraction=e.sgd_lr, seed=seed)
+                                                batch_size=e.sgd_batch_size, lr_fraction=e.sgd_lr_fraction, seed=seed)
                     rows.append({"method": "network", "readout": readout, "depth": depth, "width": width,
                                  "seed": seed, "accuracy": res.test_accuracy, "seconds": time.perf_counter() - t0,
                                  "lr": res.lr, "final_train_loss": res.train_loss[-1]})

@@ -48,15 +48,6 @@ def test_experiment_end_to_end(name, tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
-def test_ntk_convergence_errors_fall_with_width(tmp_path):
-    """The default experiment's claim, at small scale: the fitted log-log slope is negative."""
-    out = tmp_path / "run"
-    run_py("experiment.widths=[16,64,256]", "experiment.seeds=[0,1,2]", "experiment.n_points=6",
-           "experiment.readouts=[flatten]", f"hydra.run.dir={out}", cwd=tmp_path)
-    fit = [r for r in _rows(out / "summary.csv") if r["metric"] == "rel_fro_error"][0]
-    assert float(fit["slope"]) < -0.2, fit
-
-
 def test_joblib_multirun_and_aggregation(tmp_path):
     sweep = tmp_path / "sweep"
     run_py("-m", "hydra/launcher=local_parallel", "experiment.seeds=[0],[1]", *TINY["ntk_convergence"][:1],

@@ -73,17 +73,17 @@ def test_corrupted_and_truncated_tiles_are_detected_and_recomputed(tmp_path):
 
 def test_killed_gram_run_resumes_and_recomputes_only_missing_tiles(tmp_path):
     store = tmp_path / "store"
-    args = ["experiment=gram", *DATA, "model.depth=4", "gram.tile=4", "gram.backend=reference", f"gram.store={store}"]
+    args = ["experiment=gram", *DATA, "model.depth=4", "gram.tile=2", f"gram.store={store}"]  # 370 small tiles
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, "progress=false",
                              f"hydra.run.dir={tmp_path / 'killed'}"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(list((store / "train" / "tiles").glob("*.sha256"))) < 3:
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # a real kill, mid-tile
     proc.wait()
     done_before = {p.stem for p in (store / "train" / "tiles").glob("*.sha256")}
-    assert 3 <= len(done_before) < 55, "the kill must land mid-way"
+    assert 3 <= len(done_before) < 210, "the kill must land mid-way"
     assert not (tmp_path / "killed" / "results.csv").exists()
     status = subprocess.run([sys.executable, "-m", "experiments.gram_status", str(store)], capture_output=True,
                             text=True, cwd=ROOT)
@@ -95,8 +95,8 @@ def test_killed_gram_run_resumes_and_recomputes_only_missing_tiles(tmp_path):
     skipped = {f"r{r['tile_row']}_c{r['tile_col']}" for r in rows if r["state_before"] == "done" and r["block"] == "train"}
     assert skipped == done_before  # only missing tiles were recomputed
     k, kt = _direct(depth=4)
-    np.testing.assert_allclose(TileStore.load(store / "train").assemble(), k, rtol=1e-12)
-    np.testing.assert_allclose(TileStore.load(store / "test_train").assemble(), kt, rtol=1e-12)
+    np.testing.assert_allclose(TileStore.load(store / "train").assemble(), k, rtol=1e-10)
+    np.testing.assert_allclose(TileStore.load(store / "test_train").assemble(), kt, rtol=1e-10)
     status = subprocess.run([sys.executable, "-m", "experiments.gram_status", str(store)], capture_output=True,
                             text=True, cwd=ROOT)
     assert status.returncode == 0 and "complete" in status.stdout
