@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cntk.tiles import TileStore
-from cntk.tiles import _atomic_write as write_atomic
+from cntk.atomic import write_atomic
 
 from .common import architecture, model_inputs
 from .config import Config
