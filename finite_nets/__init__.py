@@ -1,0 +1,28 @@
+"""Finite-width twins of the ``cntk`` architectures (NTK parameterisation), their empirical NTK,
+training as in the theory, and the kernel-side predictions they are compared with.
+
+    >>> import torch, cntk, finite_nets
+    >>> arch = cntk.Architecture(family="cnn", depth=3, readout="gap")
+    >>> net = finite_nets.build(arch, 512, input_shape=(1, 8, 8), dtype=torch.float64, device="cpu")
+    >>> x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    >>> theta = finite_nets.empirical_ntk(net, x)            # (6, 6), -> cntk.kernel(x, None, arch)
+"""
+from .linearized import gd_predictions, kernel_predictions
+from .models import FiniteNet, build, default_device
+from .ntk import empirical_ntk, largest_eigenvalue
+from .training import GDRun, SGDRun, TrainingDiverged, train_gd, train_sgd
+
+__all__ = [
+    "FiniteNet",
+    "GDRun",
+    "SGDRun",
+    "TrainingDiverged",
+    "build",
+    "default_device",
+    "empirical_ntk",
+    "gd_predictions",
+    "kernel_predictions",
+    "largest_eigenvalue",
+    "train_gd",
+    "train_sgd",
+]
