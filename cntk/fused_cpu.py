@@ -1,0 +1,565 @@
+"""Fused CPU backend ("numba"): the offset-plane recursion, all layers of a plane in cache, compiled.
+
+Same mathematics and conventions as ``planes`` (see its docstring and design.md section 2): the
+entries of a pair's P x P matrices with a fixed spatial offset d = (di, dj) form a plane that
+evolves alone through every layer; on the plane's valid rectangle, (H - |di|) x (W - |dj|) pixels
+of x whose partner pixel (i + di, j + dj) lies inside y, the patch trace is a q x q box sum with
+zero padding.  This module runs the whole L-layer recursion of one plane in a few small buffers,
+adds the last layer's entries to the pair's total and moves on: nothing of size P^2 is ever
+stored, and memory does not grow with the number of pairs.
+
+- flatten readout (CNTK-V): the zero plane only, O(P L) per pair;
+- GAP: all (2H - 1)(2W - 1) planes, P^2 entries in total per pair, divided by P^2;
+- symmetric tiles: upper triangle only; the self pairs' zero plane uses rho = 1 exactly (the
+  ``exact`` of ``arccos.relu_step``), which keeps float32 within 1e-5 of float64;
+- zero variance (std_x * std_y == 0): K = Kdot = 0, never NaN.
+
+Layout.  Pairs are evaluated B = 8 at a time: one image of x1 against 8 consecutive images of x2,
+which are stored lane-interleaved (..., H, W, 8), so every plane buffer is (rows, columns, 8 lanes)
+and every inner loop runs over whole rows of columns x lanes: long, contiguous, unit-stride loops
+that LLVM vectorises (AVX2/AVX-512), with unsigned indices (no negative-index wraparound) and no
+array views in the hot loops (a view costs an atomic reference count).  Per layer, row u of Sigma
+and Theta is box-summed from the previous layer's K and Kdot Theta + K planes (double-buffered),
+and the ReLU step writes the next planes; the last layer is summed row by row.
+
+Arithmetic.  pi - arccos(rho) and sqrt(1 - rho^2) are polynomials (Chebyshev fits, about 1 ulp:
+asin of degree 4 in float32 and 11 in float64, sqrt(1 - z) of degree 12 in float64) around one
+hardware square root; divisions and square roots are IEEE (fast-math only contracts FMAs).  Every
+constant is cast to the input dtype, so float32 is computed in float32 throughout; the per-pair
+totals are accumulated in float64.
+
+Threads.  Work items (a block of 8 pairs, and for GAP with few pairs a cost-balanced group of
+planes) are cut into a few chunks per thread and run by ``nogil`` compiled code on a thread pool of
+``numba.get_num_threads()`` workers: dynamic scheduling, and no parfor compilation (a prange
+version costs about 8 s more of first-call compilation per dtype).  Kernels compile on first use
+per dtype (about 10 s on 2 cores) and are cached on disk (``cache=True``), so later processes load
+them in about a second.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+import torch
+from numba import njit, types
+from numba.extending import overload
+
+from .architecture import Architecture
+
+_B = 8  # pairs per block: one SIMD lane each (8 float32 fill an AVX2 register)
+
+# Fast-math limited to FMA contraction (and signed zeros): divisions and square roots stay IEEE, as in
+# the torch backends, so that rho rounds the same way where arccos is ill-conditioned (rho near 1);
+# no nnan/ninf: the selects on zero variance keep their meaning.
+_FM = {"nsz", "contract"}
+
+# asin(s) = s + s z P(z), z = s^2 in [0, 1/4]: Chebyshev fits (mpmath, 50 digits) of
+# P(z) = (asin(sqrt z) - sqrt z) / z^1.5; relative error of asin 1.7e-8 (deg 4), 5.6e-17 (deg 11).
+_P32 = (0.16666672414795305, 0.07498855072600821, 0.04500138006991017, 0.026554542206161328, 0.038085023561092654)
+_P64 = (
+    0.1666666666666665, 0.07500000000020764, 0.044642857103423646, 0.03038194736709848,
+    0.02237204763174451, 0.017355259955786323, 0.013929652902326633, 0.011875494382636922,
+    0.0078029494773533175, 0.01603551434914882, -0.010749050339697808, 0.028169218060881414,
+)
+
+# sqrt(1 - z) = Q(z) for z in [0, 1/4], same kind of fit, relative error 2.0e-17 (float64 only).
+_Q64 = (
+    1.0, -0.4999999999999815, -0.1250000000041244, -0.06249999963931342, -0.0390625163329017,
+    -0.02734331164089207, -0.020515325325567758, -0.016027596302914372, -0.01375441009387522,
+    -0.007446828865423663, -0.021194963521473254, 0.017190548009281534, -0.034308838583332474,
+)
+
+
+def _cst(like, value):  # pragma: no cover - replaced by the overload inside jitted code
+    return value
+
+
+@overload(_cst)
+def _cst_ol(like, value):
+    """``value`` cast to the dtype of ``like`` (an array or a float), so float32 stays float32."""
+    t = like.dtype if isinstance(like, types.Array) else like
+
+    def impl(like, value):
+        return t(value)
+
+    return impl
+
+
+def _asin_poly(z):  # pragma: no cover
+    raise NotImplementedError
+
+
+@overload(_asin_poly)
+def _asin_poly_ol(z):
+    """P(z) of the asin fit, in z's precision (degree 4 for float32, 11 for float64)."""
+    if z == types.float32:
+        c0, c1, c2, c3, c4 = (np.float32(c) for c in _P32)
+
+        def impl32(z):
+            return c0 + z * (c1 + z * (c2 + z * (c3 + z * c4)))
+
+        return impl32
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11 = (np.float64(c) for c in _P64)
+
+    def impl64(z):
+        z2 = z * z
+        z4 = z2 * z2
+        z8 = z4 * z4
+        lo = (c0 + z * c1) + z2 * (c2 + z * c3)
+        mid = (c4 + z * c5) + z2 * (c6 + z * c7)
+        hi = (c8 + z * c9) + z2 * (c10 + z * c11)
+        return lo + z4 * mid + z8 * hi
+
+    return impl64
+
+
+def _sqrt_1m(z):  # pragma: no cover
+    raise NotImplementedError
+
+
+@overload(_sqrt_1m)
+def _sqrt_1m_ol(z):
+    """sqrt(1 - z) for z in [0, 1/4]: a polynomial in float64 (a vsqrtpd costs as much as a dozen
+    FMAs), the hardware square root in float32 (cheap there)."""
+    if z == types.float32:
+        one = np.float32(1.0)
+
+        def impl32(z):
+            return math.sqrt(one - z)
+
+        return impl32
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12 = (np.float64(c) for c in _Q64)
+
+    def impl64(z):
+        z2 = z * z
+        z4 = z2 * z2
+        z8 = z4 * z4
+        lo = (c0 + z * c1) + z2 * (c2 + z * c3)
+        mid = (c4 + z * c5) + z2 * (c6 + z * c7)
+        hi = (c8 + z * c9) + z2 * (c10 + z * c11) + z4 * c12
+        return lo + z4 * mid + z8 * hi
+
+    return impl64
+
+
+@njit(fastmath=_FM, cache=True, inline="always")
+def _arc(rho):
+    """(pi - arccos(rho), sqrt(1 - rho^2)) for rho in [-1, 1], branch-free (selects only).
+
+    With a = |rho|: for a <= 1/2, z = a^2, arccos(a) = pi/2 - asin(a), sqrt(1 - rho^2) = sqrt(1 - z);
+    for a > 1/2, z = (1 - a) / 2, s = sqrt(z), arccos(a) = 2 asin(s), sqrt(1 - rho^2) = 2 s sqrt(1 - z);
+    z <= 1/4 in both, where the asin and sqrt(1 - z) fits hold.  pi - arccos(rho) = arccos(-rho)."""
+    half = _cst(rho, 0.5)
+    one = _cst(rho, 1.0)
+    pi = _cst(rho, math.pi)
+    a = abs(rho)
+    big = a > half
+    z = half * (one - a) if big else a * a
+    sq = math.sqrt(z)
+    s = sq if big else a
+    p = s + s * z * _asin_poly(z)  # asin(s)
+    acos_a = (p + p) if big else (_cst(rho, 0.5 * math.pi) - p)  # arccos(|rho|)
+    pt = (pi - acos_a) if rho >= _cst(rho, 0.0) else acos_a
+    q = _sqrt_1m(z)
+    m = (sq + sq) if big else one
+    sn = m * q
+    return pt, sn
+
+
+@njit(fastmath=_FM, cache=True, inline="always")
+def _relu(cov, nx, ny, c):
+    """(K, Kdot) of ``arccos.relu_step`` for one entry; c = scale / (2 pi).  Where nx * ny = 0,
+    rho = clamp(cov) is finite, so K = 0 without a select; Kdot = 0 by one.  Self pairs (rho = 1
+    exactly) are handled by the caller, which passes cov = +huge there (clamped to rho = 1)."""
+    zero = _cst(cov, 0.0)
+    one = _cst(cov, 1.0)
+    norm = nx * ny
+    pos = norm > zero
+    rho = cov / (norm if pos else one)
+    rho = min(max(rho, -one), one)
+    pt, sn = _arc(rho)
+    kd = pt * c if pos else zero
+    k = norm * (sn + pt * rho) * c
+    return k, kd
+
+
+@njit(fastmath=_FM, cache=True)
+def _box_row(src, u, sb, q, vsr, dst, n):
+    """Row u of the q x q box sum of src (block layout, rows of stride sb, zero border of q // 2
+    around the interior): dst[k] for k < n = ww * B, interior columns only.  vsr: one-row scratch."""
+    usb = np.uint64(sb)
+    b0 = np.uint64(u * sb)
+    if q == 3:
+        b1 = b0 + usb
+        b2 = b1 + usb
+        for k in range(usb):
+            vsr[k] = src[b0 + k] + src[b1 + k] + src[b2 + k]
+        ub = np.uint64(_B)
+        ub2 = ub + ub
+        for k in range(np.uint64(n)):
+            dst[k] = vsr[k] + vsr[k + ub] + vsr[k + ub2]
+        return
+    for k in range(usb):
+        vsr[k] = src[b0 + k]
+    for t in range(1, q):
+        bt = np.uint64((u + t) * sb)
+        for k in range(usb):
+            vsr[k] += src[bt + k]
+    for k in range(np.uint64(n)):
+        dst[k] = vsr[k]
+    for t in range(1, q):
+        off = np.uint64(t * _B)
+        for k in range(np.uint64(n)):
+            dst[k] += vsr[k + off]
+
+
+@njit(fastmath=_FM, cache=True)
+def _relu_row(sg, tr, se, xo, s2b, yo, n, c, kf, dk, dt, do):
+    """One row of the ReLU step for the B lanes: K into dk[do + k] and Kdot * Theta + kf * K into
+    dt[do + k], k < n.  sg, tr: the row of Sigma and Theta; se[xo + k], s2b[yo + k]: the stds of x
+    and y.  One loop for every case (nngp just ignores dt): each extra copy of this loop costs
+    seconds of compilation."""
+    for k in range(np.uint64(n)):
+        kk, kd = _relu(sg[k], se[xo + k], s2b[yo + k], c)
+        dk[do + k] = kk
+        dt[do + k] = kd * tr[k] + kf * kk
+
+
+@njit(fastmath=_FM, cache=True)
+def _zero_border(buf, hh, ww, r):
+    """Zero the border (r rows above and below, r columns left and right) of a block-layout plane."""
+    zero = _cst(buf, 0.0)
+    s_ = ww + 2 * r
+    sb = np.uint64(s_ * _B)
+    rb = np.uint64(r * _B)
+    top = np.uint64(r) * sb
+    for k in range(top):
+        buf[k] = zero
+    bottom = np.uint64((hh + r) * s_ * _B)
+    for k in range(top):
+        buf[bottom + k] = zero
+    right = np.uint64((r + ww) * _B)
+    for u in range(hh):
+        o = np.uint64((u + r) * s_ * _B)
+        for k in range(rb):
+            buf[o + k] = zero
+            buf[o + right + k] = zero
+
+
+@njit(fastmath=_FM, cache=True)
+def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, c, fix, ntk, bufs, rows, tot):
+    """Add to tot[lane] the sum over the plane of offset (di, dj) of the last layer's Theta (ntk) or
+    Sigma (nngp) of the pair (x1[a], x2[cb * B + lane]), for the B lanes of block cb at once.
+
+    xe (C, H, W, B), se (L, H, W, B): x1[a] and its std maps, each value repeated B times (flat);
+    x2b (NB, C, H, W, B), s2b (NB, L, H, W, B): lane-interleaved blocks of x2 and its std maps
+    (flat); shape = (C, H, W, L); exl: the lane whose image is x1[a] itself, or -1.
+
+    Planes are in the block layout: row u, column v, lane l at (u * S + v) * B + l, S = ww + q - 1,
+    interior shifted by q // 2 with a zero border.  Layer by layer, K and Kdot Theta + K of layer h
+    go to one pair of plane buffers while row u of Sigma^(h) and Theta^(h) is box-summed, row by
+    row, from the other pair (one-row scratch, L1 resident); the last layer's rows are summed."""
+    n_c, h, w, n_layers = shape
+    r = q // 2
+    i0 = max(0, -di)
+    j0 = max(0, -dj)
+    hh = h - abs(di)
+    ww = w - abs(dj)
+    s_ = ww + 2 * r
+    sb = s_ * _B
+    n = ww * _B
+    un = np.uint64(n)
+    zero = _cst(xe, 0.0)
+    one = _cst(xe, 1.0)
+    pka, pkb, pta, ptb = bufs[0], bufs[1], bufs[2], bufs[3]
+    sg, tr, vsr, rk, rt, acc = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
+    for buf in (pka, pkb, pta, ptb):
+        _zero_border(buf, hh, ww, r)
+    # Sigma0 products sum_c x[c, p] y[c, p + d], before the box sum, into pka's interior
+    for u in range(hh):
+        po = np.uint64(((u + r) * s_ + r) * _B)
+        for ch in range(n_c):
+            xo = np.uint64(((ch * h + i0 + u) * w + j0) * _B)
+            yo = np.uint64((((cb * n_c + ch) * h + i0 + u + di) * w + j0 + dj) * _B)
+            if ch == 0:
+                for k in range(un):
+                    pka[po + k] = xe[xo + k] * x2b[yo + k]
+            else:
+                for k in range(un):
+                    pka[po + k] += xe[xo + k] * x2b[yo + k]
+    for k in range(un):
+        acc[k] = zero
+        tr[k] = zero
+    # a self pair's zero plane (lane exl): rho = 1 exactly, by a Sigma that clamps to it
+    exact = exl >= 0 and di == 0 and dj == 0
+    huge = _cst(xe, 1e30)
+    for layer in range(n_layers):
+        last = layer == n_layers - 1
+        kf = zero if (last and fix) else one  # fix: Theta^(L) = Kdot Theta^(L-1), without K^(L)
+        for u in range(hh):
+            _box_row(pka, u, sb, q, vsr, sg, n)
+            if exact:
+                if ntk and layer == 0 and not fix:  # Theta^(0) = Sigma^(0): keep the true values
+                    for k in range(un):
+                        tr[k] = sg[k]
+                for v in range(ww):
+                    sg[v * _B + exl] = huge
+            if ntk and layer > 0:
+                _box_row(pta, u, sb, q, vsr, tr, n)
+            xo = np.uint64(((layer * h + i0 + u) * w + j0) * _B)
+            yo = np.uint64((((cb * n_layers + layer) * h + i0 + u + di) * w + j0 + dj) * _B)
+            # Theta^(0) = Sigma^(0), or 0 with fix (tr stays zero)
+            theta = sg if (ntk and layer == 0 and not fix and not exact) else tr
+            if last:
+                _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
+                fin = rt if ntk else rk
+                for k in range(un):
+                    acc[k] += fin[k]
+            else:
+                po = np.uint64(((u + r) * s_ + r) * _B)
+                _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
+        pka, pkb = pkb, pka
+        pta, ptb = ptb, pta
+    # pairwise fold of the ww positions of acc, then into the lanes' float64 totals
+    ub = np.uint64(_B)
+    m = ww
+    while m > 1:
+        half = m // 2
+        keep = m - half
+        off = np.uint64(keep * _B)
+        for k in range(np.uint64(half * _B)):
+            acc[k] += acc[k + off]
+        m = keep
+    for lane in range(ub):
+        tot[lane] += np.float64(acc[lane])
+
+
+@njit(fastmath=_FM, cache=True)
+def _spread(src, a, dst):
+    """dst[k * B + lane] = src[a * n + k] for every lane, n = len(dst) // B (image a, repeated B times)."""
+    n = dst.shape[0] // _B
+    base = np.uint64(a * n)
+    ub = np.uint64(_B)
+    for k in range(np.uint64(n)):
+        val = src[base + k]
+        for lane in range(ub):
+            dst[k * ub + lane] = val
+
+
+@njit(fastmath=_FM, cache=True, nogil=True)
+def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, c, fix, ntk, lo, hi, out):
+    """Work items lo..hi-1 (item = block * n_groups + group): out[blk, g, lane] = sum over the planes
+    of group g of the pair (x1[ia[blk]], x2[icb[blk] * B + lane]).  Releases the GIL."""
+    n_groups = gstart.shape[0] - 1
+    n_c, h, w, n_layers = shape
+    size = (h + q - 1) * (w + q - 1) * _B
+    row = (w + q - 1) * _B
+    bufs = np.empty((4, size), dtype=x1.dtype)
+    rows = np.empty((6, row), dtype=x1.dtype)
+    tot = np.empty(_B, dtype=np.float64)
+    xe = np.empty(n_c * h * w * _B, dtype=x1.dtype)
+    se = np.empty(n_layers * h * w * _B, dtype=x1.dtype)
+    current = -1
+    for item in range(lo, hi):
+        blk = item // n_groups
+        g = item - blk * n_groups
+        if ia[blk] != current:
+            current = ia[blk]
+            _spread(x1, current, xe)
+            _spread(s1, current, se)
+        tot[:] = 0.0
+        for k in range(gstart[g], gstart[g + 1]):
+            _plane_block(
+                xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, c, fix, ntk, bufs, rows, tot
+            )
+        for lane in range(_B):
+            out[blk, g, lane] = tot[lane]
+
+
+def supports(device: torch.device) -> bool:
+    """CPU only."""
+    return torch.device(device).type == "cpu"
+
+
+@njit(fastmath=_FM, cache=True, nogil=True)
+def _prepare_kernel(x, q, n_layers, half_scale, out):
+    """out[n, h - 1] = sqrt(Sigma^(h-1)(x, x)[p, p]) (flat (N, L, H, W)), the closed form of
+    ``planes.prepare``: on the self pair's zero plane rho = 1, so Sigma^(h) = box((scale / 2)
+    Sigma^(h-1)) there.  x: flat (N, C, H, W); shape taken from out."""
+    n_img, _, h, w = out.shape
+    n_c = x.shape[0] // (n_img * h * w)
+    r = q // 2
+    s_ = w + 2 * r
+    us = np.uint64(s_)
+    uw = np.uint64(w)
+    zero = _cst(x, 0.0)
+    pad = np.zeros((h + 2 * r) * s_, dtype=x.dtype)  # zero border of width r, row stride s_
+    vsr = np.empty(s_, dtype=x.dtype)
+    flat = out.reshape(-1)
+    for img in range(n_img):
+        for i in range(h):
+            po = np.uint64((i + r) * s_ + r)
+            for ch in range(n_c):
+                xo = np.uint64(((img * n_c + ch) * h + i) * w)
+                if ch == 0:
+                    for j in range(uw):
+                        pad[po + j] = x[xo + j] * x[xo + j]
+                else:
+                    for j in range(uw):
+                        pad[po + j] += x[xo + j] * x[xo + j]
+        for layer in range(n_layers):
+            # box sum row by row into the output (var), then sqrt in place; the next layer's input
+            # (scale / 2) var goes back into pad's interior once all rows are done
+            for i in range(h):
+                b0 = np.uint64(i * s_)
+                for j in range(us):
+                    vsr[j] = pad[b0 + j]
+                for t in range(1, q):
+                    bt = np.uint64((i + t) * s_)
+                    for j in range(us):
+                        vsr[j] += pad[bt + j]
+                oo = np.uint64(((img * n_layers + layer) * h + i) * w)
+                for j in range(uw):
+                    flat[oo + j] = vsr[j]
+                for t in range(1, q):
+                    ut = np.uint64(t)
+                    for j in range(uw):
+                        flat[oo + j] += vsr[j + ut]
+            base = np.uint64((img * n_layers + layer) * h * w)
+            for i in range(h):
+                po = np.uint64((i + r) * s_ + r)
+                oo = base + np.uint64(i * w)
+                for j in range(uw):
+                    var = max(flat[oo + j], zero)
+                    pad[po + j] = var * half_scale
+                    flat[oo + j] = math.sqrt(var)
+
+
+def prepare(x: torch.Tensor, arch: Architecture) -> torch.Tensor:
+    """sqrt(Sigma^(h-1)(x, x)[p, p]) for h = 1..L, shape (N, L, H, W), as ``planes.prepare`` (in
+    compiled code: a few small torch ops per image cost more than this whole loop)."""
+    a = _np(x)
+    out = np.empty((a.shape[0], arch.n_relu_layers, a.shape[2], a.shape[3]), dtype=a.dtype)
+    if out.size:
+        _prepare_kernel(a.reshape(-1), arch.filter_size, arch.n_relu_layers, a.dtype.type(arch.relu_scale / 2), out)
+    return torch.from_numpy(out)
+
+
+def bytes_per_pair(shape: tuple[int, int, int], arch: Architecture, itemsize: int) -> int:
+    """Memory that grows with the pairs of one call: block indices and per-group totals, tens of bytes.
+    The rest is per worker thread and independent of the pairs: four (H + q - 1)(W + q - 1) x B plane
+    buffers and the (C + L) H W x B spread image of x1 (B = 8), so the default batch is a whole tile."""
+    return 64
+
+
+def _planes(h: int, w: int, gap: bool) -> tuple[np.ndarray, np.ndarray]:
+    if not gap:
+        return np.zeros(1, np.int64), np.zeros(1, np.int64)
+    di, dj = np.meshgrid(np.arange(-(h - 1), h), np.arange(-(w - 1), w), indexing="ij")
+    return di.reshape(-1).astype(np.int64), dj.reshape(-1).astype(np.int64)
+
+
+def _groups(dis: np.ndarray, djs: np.ndarray, h: int, w: int, q: int, n_groups: int) -> np.ndarray:
+    """Boundaries of n_groups contiguous plane ranges of about equal cost."""
+    cost = (h - np.abs(dis) + q).astype(np.float64) * (w - np.abs(djs) + q)
+    cum = np.concatenate([[0.0], np.cumsum(cost)])
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, n_groups) / n_groups)
+    return np.unique(np.concatenate([[0], cuts, [len(dis)]])).astype(np.int64)
+
+
+def _interleave(t: np.ndarray, n_blocks: int) -> np.ndarray:
+    """(N, ...) -> (n_blocks, ..., B): image n at block n // B, lane n % B; zero images pad the end."""
+    padded = np.zeros((n_blocks * _B, *t.shape[1:]), dtype=t.dtype)
+    padded[: len(t)] = t
+    return np.ascontiguousarray(np.moveaxis(padded.reshape(n_blocks, _B, *t.shape[1:]), 1, -1))
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
+
+
+def _threads() -> int:
+    """Worker threads: numba's thread count (NUMBA_NUM_THREADS, ``numba.set_num_threads``)."""
+    return max(1, int(numba.get_num_threads()))
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """The worker pool, rebuilt when the thread count changes or in a forked child (whose copy of
+    the parent's pool has no threads)."""
+    global _POOL
+    if _POOL is None or _POOL[:2] != (os.getpid(), n):
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[2].shutdown(wait=False)
+        _POOL = (os.getpid(), n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="cntk-numba"))
+    return _POOL[2]
+
+
+def block_values(x1, s1, x2b, s2b, ia, icb, exl, arch: Architecture, kind: str) -> np.ndarray:
+    """(n_blocks, B) float64 kernel values of the pairs (x1[ia[k]], x2[icb[k] * B + lane]); numpy in and out.
+
+    Work items (block, group of planes) are cut into a few chunks per thread and run by nogil
+    compiled code on a thread pool (dynamic scheduling: a slow core does not hold the others)."""
+    _, _, h, w = x1.shape
+    gap = arch.readout == "gap"
+    dis, djs = _planes(h, w, gap)
+    n_threads = _threads()
+    n_blocks = len(ia)
+    want = 1 if not gap else min(len(dis), max(1, -(-4 * n_threads // max(n_blocks, 1))))
+    gstart = _groups(dis, djs, h, w, arch.filter_size, want)
+    n_items = n_blocks * (len(gstart) - 1)
+    out = np.zeros((n_blocks, len(gstart) - 1, _B), dtype=np.float64)
+    if n_items == 0:
+        return out.sum(1)
+    shape = (x1.shape[1], h, w, s1.shape[1])
+    c = x1.dtype.type(arch.relu_scale / (2.0 * math.pi))
+    args = (
+        x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), shape, ia, icb, exl, dis, djs, gstart,
+        arch.filter_size, c, bool(arch.fix_first_last), kind == "ntk",
+    )
+    n_chunks = min(n_items, 4 * n_threads) if n_threads > 1 else 1
+    cuts = [k * n_items // n_chunks for k in range(n_chunks + 1)]
+    if n_chunks == 1:
+        _run_items(*args, 0, n_items, out)
+    else:
+        jobs = [_pool(n_threads).submit(_run_items, *args, lo, hi, out) for lo, hi in zip(cuts[:-1], cuts[1:])]
+        for job in jobs:
+            job.result()
+    vals = out.sum(1)
+    return vals / float(h * w) ** 2 if gap else vals
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu").contiguous().numpy()
+
+
+def tile(x1, s1, x2, s2, arch: Architecture, kind: str, symmetric: bool, batch_size: int) -> torch.Tensor:
+    """All pairs of two image blocks (upper triangle only when symmetric).  Pairs go in blocks of B
+    (one x1 image against B consecutive x2 images, one SIMD lane each), about ``batch_size`` pairs
+    (at least one block) per parallel call."""
+    n1, n2 = len(x1), len(x2)
+    a, sa = _np(x1), _np(s1)
+    n_blocks = -(-n2 // _B)
+    x2b = _interleave(_np(x2), n_blocks)
+    s2b = _interleave(_np(s2), n_blocks)
+    if symmetric:
+        ia = np.concatenate([np.full(n_blocks - i // _B, i) for i in range(n1)]).astype(np.int64)
+        icb = np.concatenate([np.arange(i // _B, n_blocks) for i in range(n1)]).astype(np.int64)
+        exl = np.where(icb == ia // _B, ia % _B, -1).astype(np.int64)
+    else:
+        ia, icb = (g.reshape(-1).astype(np.int64) for g in np.meshgrid(np.arange(n1), np.arange(n_blocks), indexing="ij"))
+        exl = np.full(len(ia), -1, dtype=np.int64)
+    vals = np.empty((len(ia), _B), dtype=np.float64)
+    step = max(1, int(batch_size) // _B)
+    for start in range(0, len(ia), step):
+        sl = slice(start, start + step)
+        vals[sl] = block_values(a, sa, x2b, s2b, ia[sl], icb[sl], exl[sl], arch, kind)
+    cols = icb[:, None] * _B + np.arange(_B)
+    rows = np.broadcast_to(ia[:, None], cols.shape)
+    keep = (cols < n2) & (cols >= rows) if symmetric else cols < n2
+    out = np.zeros((n1, n2), dtype=np.float64)
+    out[rows[keep], cols[keep]] = vals[keep]
+    if symmetric:
+        out[cols[keep], rows[keep]] = vals[keep]
+    return torch.from_numpy(out).to(dtype=x1.dtype, device=x1.device)

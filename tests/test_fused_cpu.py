@@ -1,0 +1,167 @@
+"""The fused CPU backend ("numba", cntk/fused_cpu.py) equals the plain P x P reference recursion.
+
+test_cntk_backends.py and test_cntk_precision.py already run every fast backend, this one included,
+on 3x3 filters; here: 5x5 and 1x1 filters, pair blocks that straddle the B-lane blocks of the
+kernel (more than B images, self pairs in every lane), tiny and degenerate images, zero variance,
+thread counts, and the backend's wiring into ``cntk.kernel``.
+"""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import cntk
+
+fused = pytest.importorskip("cntk.fused_cpu")  # numba is a project dependency; skip cleanly without it
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = b.abs().max()
+    return float((a - b).abs().max() / scale) if scale > 0 else float((a - b).abs().max())
+
+
+def _images(n: int, shape: tuple[int, int, int], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "shape,q",
+    [((1, 5, 5), 5), ((3, 4, 6), 5), ((2, 6, 3), 5), ((3, 5, 4), 1), ((1, 3, 3), 7)],
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"q{v}",
+)
+def test_matches_reference_every_setting(shape, q):
+    """depths 2..6, both readouts, fix on/off, NTK and NNGP, symmetric and cross, to 1e-10 in float64."""
+    x, y = _images(3, shape, 1), _images(2, shape, 2)
+    for depth, readout, fix, kind in itertools.product(range(2, 7), cntk.architecture.READOUTS, [False, True], cntk.KINDS):
+        if fix and depth == 2:
+            continue
+        arch = cntk.Architecture(depth=depth, readout=readout, fix_first_last=fix, filter_size=q)
+        for a, b in [(x, None), (x, y)]:
+            ref = cntk.kernel(a, b, arch, kind, backend="reference")
+            got = cntk.kernel(a, b, arch, kind, backend="numba")
+            assert got.dtype == torch.float64 and got.shape == ref.shape
+            assert _rel(got, ref) < 1e-10, (depth, readout, fix, kind, b is None)
+
+
+@pytest.mark.parametrize("readout", cntk.architecture.READOUTS)
+def test_many_images_across_lane_blocks(readout):
+    """11 x 11 symmetric (a self pair in every lane position, partial last block) and 11 x 19 cross."""
+    x, y = _images(11, (2, 4, 5), 3), _images(19, (2, 4, 5), 4)
+    arch = cntk.Architecture(depth=4, readout=readout)
+    for a, b in [(x, None), (x, y), (y[:3], x)]:
+        ref = cntk.kernel(a, b, arch, backend="reference")
+        got = cntk.kernel(a, b, arch, backend="numba")
+        assert _rel(got, ref) < 1e-10
+    sym = cntk.kernel(x, None, arch, backend="numba")
+    assert torch.equal(sym, sym.T)
+    # every lane position of the self pairs: the diagonal equals the reference's one by one
+    diag = torch.stack([cntk.kernel(x[i : i + 1], None, arch, backend="reference")[0, 0] for i in range(11)])
+    assert _rel(sym.diagonal(), diag) < 1e-12
+
+
+def test_tiny_and_odd_shapes():
+    """1 x 1 images, single rows and columns, a filter wider than the image.  (Not 1 x 1 x 1: there
+    rho = +-1 for every pair, where arccos is ill-conditioned and any two correct implementations
+    differ by rounding, about 3e-9 here; planes does too.)"""
+    for shape, q in [((3, 1, 1), 3), ((3, 1, 7), 3), ((2, 6, 1), 5), ((1, 2, 2), 5)]:
+        x, y = _images(3, shape, 5), _images(2, shape, 6)
+        for readout, kind in itertools.product(cntk.architecture.READOUTS, cntk.KINDS):
+            arch = cntk.Architecture(depth=3, readout=readout, filter_size=q)
+            for a, b in [(x, None), (x, y)]:
+                ref = cntk.kernel(a, b, arch, kind, backend="reference")
+                assert _rel(cntk.kernel(a, b, arch, kind, backend="numba"), ref) < 1e-10, (shape, q, readout, kind)
+
+
+def test_zero_images_and_black_borders_are_finite_and_exact(digits):
+    """Zero variance (all-zero images, the digits' black borders): K = Kdot = 0 there, never NaN."""
+    x = torch.cat([digits[:4], torch.zeros(2, 1, 8, 8, dtype=torch.float64)])
+    x[1, :, :3] = 0.0  # a wide black band
+    for readout, fix, kind in [("gap", False, "ntk"), ("gap", True, "ntk"), ("flatten", False, "nngp"), ("flatten", True, "ntk")]:
+        arch = cntk.Architecture(depth=4, readout=readout, fix_first_last=fix)
+        for dtype in (torch.float64, torch.float32):
+            got = cntk.kernel(x.to(dtype), None, arch, kind, backend="numba")
+            assert torch.isfinite(got).all()
+            assert (got[4:] == 0).all() and (got[:, 4:] == 0).all()
+        ref = cntk.kernel(x, None, arch, kind, backend="reference")
+        assert _rel(cntk.kernel(x, None, arch, kind, backend="numba"), ref) < 1e-10
+
+
+def test_float32_is_computed_in_float32_and_close(digits):
+    x = digits[:9]
+    arch = cntk.Architecture(depth=6, readout="gap")
+    k64 = cntk.kernel(x, None, arch, backend="numba")
+    k32 = cntk.kernel(x.float(), None, arch, backend="numba")
+    assert k32.dtype == torch.float32
+    assert ((k32.double() - k64).abs() / k64.abs()).max() < 1e-5
+    assert ((k32.double() - k64).abs() / k64.abs()).max() > 1e-12  # really float32 arithmetic
+
+
+def test_thread_count_and_batching_do_not_change_the_result(digits):
+    import numba
+
+    x, y = digits[:10], digits[200:213]
+    arch = cntk.Architecture(depth=4, readout="gap")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = cntk.kernel(x, y, arch, backend="numba")
+        numba.set_num_threads(before)
+        many = cntk.kernel(x, y, arch, backend="numba")
+    finally:
+        numba.set_num_threads(before)
+    assert _rel(many, one) < 1e-14
+    assert _rel(cntk.kernel(x, y, arch, backend="numba", batch_size=3, tile_size=4), one) < 1e-14
+
+
+def test_wiring():
+    assert "numba" in cntk.available_backends()
+    assert fused.supports(torch.device("cpu")) and not fused.supports(torch.device("meta"))
+    assert cntk.api._auto_backend(torch.device("cpu")) == "numba"
+    arch = cntk.Architecture(depth=3)
+    assert 0 < fused.bytes_per_pair((3, 32, 32), arch, 4) < 1024  # memory does not grow with P^2
+    x = _images(2, (1, 4, 4), 7)
+    assert torch.equal(cntk.kernel(x, None, arch), cntk.kernel(x, None, arch, backend="numba"))
+    assert cntk.kernel(x[:0], x, arch, backend="numba").shape == (0, 2)
+
+
+def _gram_sum(queue, x, arch):
+    queue.put(float(cntk.kernel(x, None, arch, backend="numba").sum()))
+
+
+def test_works_in_a_forked_child_after_use_in_the_parent():
+    """The worker pool does not survive fork(); the backend must build a new one in the child."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    x, arch = _images(20, (1, 5, 5), 8), cntk.Architecture(depth=3)
+    want = float(cntk.kernel(x, None, arch, backend="numba").sum())  # the parent's pool now exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_gram_sum, args=(queue, x, arch))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0 and queue.get(timeout=10) == pytest.approx(want, rel=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arc_cosine_approximation_is_accurate(dtype):
+    """The polynomial (pi - arccos, sqrt(1 - rho^2)) against numpy on a dense grid including +-1 and +-1/2."""
+    from numba import njit
+
+    @njit
+    def run(rho, pt, sn):
+        for i in range(rho.shape[0]):
+            pt[i], sn[i] = fused._arc(rho[i])
+
+    rho = np.concatenate([np.linspace(-1, 1, 20001), [-0.5, 0.5, np.nextafter(0.5, 1), -np.nextafter(0.5, 1)]])
+    rho = rho.astype(dtype)
+    pt, sn = np.empty_like(rho), np.empty_like(rho)
+    run(rho, pt, sn)
+    r64 = rho.astype(np.float64)
+    want_pt, want_sn = np.arccos(-r64), np.sqrt((1 - r64) * (1 + r64))  # pi - arccos(r) = arccos(-r)
+    eps = np.finfo(dtype).eps
+    assert np.max(np.abs(pt - want_pt) / np.maximum(want_pt, 1e-300)) < 8 * eps
+    assert np.max(np.abs(sn - want_sn)) < 8 * eps
