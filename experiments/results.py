@@ -73,17 +73,21 @@ def save(out_dir: str | Path, rows: list[dict[str, Any]], config: dict[str, Any]
         "torch": prov["versions"].get("torch", ""),
         "device": prov["device"],
     }
-    full = [{**r, **flat_prov} for r in rows]
+    write_csv(Path(out_dir) / RESULTS_CSV, [{**r, **flat_prov} for r in rows])
+    doc = {"config": config, "provenance": prov, "rows": rows}
+    write_atomic(Path(out_dir) / RESULTS_JSON, json.dumps(doc, indent=1, default=float))
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV (columns in order of first appearance), written atomically."""
     fields: list[str] = []
-    for r in full:
+    for r in rows:
         fields += [k for k in r if k not in fields]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
-    writer.writerows(full)
-    write_atomic(Path(out_dir) / RESULTS_CSV, buf.getvalue())
-    doc = {"config": config, "provenance": prov, "rows": rows}
-    write_atomic(Path(out_dir) / RESULTS_JSON, json.dumps(doc, indent=1, default=float))
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
 
 
 def load(path: str | Path) -> dict[str, Any]:

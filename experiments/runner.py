@@ -1,8 +1,6 @@
 """What run.py does with a composed config: validate, load data, run, save, plot."""
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from pathlib import Path
@@ -48,18 +46,10 @@ def execute(dcfg: DictConfig, out_dir: str | Path) -> dict:
     results.save(out_dir, rows, config, results.provenance(device))
     paths, summary = exp.plot(results.load(out_dir), out_dir)
     if summary:
-        write_csv(Path(out_dir) / "summary.csv", summary)
+        results.write_csv(Path(out_dir) / "summary.csv", summary)
     written = [results.RESULTS_CSV, results.RESULTS_JSON] + (["summary.csv"] if summary else []) + [p.name for p in paths]
     log.info("wrote %s into %s (%.1f s)", ", ".join(written), out_dir, wall)
     return {"rows": rows, "figures": paths, "summary": summary}
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-    results.write_atomic(path, buf.getvalue())
+write_csv = results.write_csv  # re-exported for aggregate / replot

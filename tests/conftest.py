@@ -21,3 +21,13 @@ def digits() -> torch.Tensor:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one intra-op thread.  On a busy 2-core machine, OpenMP's spinning threads
+    slowed the finite-net tests up to 25x (measured); with one thread they cost the same CPU time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,14 +7,7 @@ import cntk
 import finite_nets
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread.  On a busy 2-core machine, OpenMP's spinning threads
-    slowed these tests up to 25x (measured); with one thread they cost the same CPU time and never stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def autograd_ntk(net: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
