@@ -15,6 +15,14 @@ ACTIVATIONS = ("relu",)
 C_SIGMA = 2.0
 
 
+class ArchitectureError(ValueError):
+    """An impossible architecture; ``field`` names the offending attribute."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A bias-free ReLU network, described once.
@@ -36,21 +44,23 @@ class Architecture:
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
-            raise ValueError(f"unknown family {self.family!r}: use one of {FAMILIES}")
+            raise ArchitectureError("family", f"unknown family {self.family!r}: use one of {FAMILIES}")
         if isinstance(self.depth, bool) or not isinstance(self.depth, int):
-            raise ValueError(f"depth must be an integer >= 2, got {self.depth!r}")
+            raise ArchitectureError("depth", f"depth must be an integer >= 2, got {self.depth!r}")
         if self.depth < 2:
-            raise ValueError(
+            raise ArchitectureError(
+                "depth",
                 f"depth must be >= 2 (conv/hidden layers + 1 readout, the paper's convention), got {self.depth}"
             )
         if self.readout not in READOUTS:
-            raise ValueError(f"unknown readout {self.readout!r}: use one of {READOUTS}")
+            raise ArchitectureError("readout", f"unknown readout {self.readout!r}: use one of {READOUTS}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}: only {ACTIVATIONS} have exact kernels here")
+            raise ArchitectureError("activation", f"unknown activation {self.activation!r}: only {ACTIVATIONS} have exact kernels here")
         if not isinstance(self.filter_size, int) or self.filter_size < 1 or self.filter_size % 2 == 0:
-            raise ValueError(f"filter_size must be a positive odd integer, got {self.filter_size!r}")
+            raise ArchitectureError("filter_size", f"filter_size must be a positive odd integer, got {self.filter_size!r}")
         if self.fix_first_last and self.depth == 2:
-            raise ValueError(
+            raise ArchitectureError(
+                "fix_first_last",
                 "fix_first_last with depth 2 freezes every layer (the NTK is 0): use depth >= 3 or fix_first_last=False"
             )
 

@@ -14,6 +14,8 @@ Works on any torch device and dtype.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +51,7 @@ def prepare(x: torch.Tensor, arch: Architecture) -> torch.Tensor:
     return torch.stack(stds, 1)
 
 
+@lru_cache(maxsize=64)
 def _fold_index(n: int, r: int, all_offsets: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Row (or column) maps of the folded plane layout along one axis of length n.
 
@@ -57,6 +60,7 @@ def _fold_index(n: int, r: int, all_offsets: bool) -> tuple[torch.Tensor, torch.
     them that keep the q x q box sum from mixing the two (they are re-zeroed by every ReLU step,
     where the image's variance is 0).  Fold f, entry u: the x index and the y index (x index +
     offset), with n (a zero pad entry) for separators.  Only fold 0, offset 0, when not all_offsets.
+    Cached: built once per shape.
     """
     folds = n if all_offsets else 1
     xi = torch.full((folds, n + r), n, dtype=torch.long)

@@ -18,7 +18,6 @@ import yaml
 from hydra.experimental.callback import Callback
 
 from . import get, results
-from .runner import write_csv
 
 log = logging.getLogger("experiments.aggregate")
 
@@ -40,11 +39,11 @@ def collect(sweep_dir: str | Path) -> dict[str, Any]:
             failed.append({"job": job.name, "overrides": overrides, "why": f"no readable results.json ({type(err).__name__})"})
             continue
         for row in doc["rows"]:
-            row.setdefault("job", job.name)
+            row["job"] = job.name
         docs.append(doc)
         found.append(job.name)
     missing = max(0, expected - len(jobs)) if expected is not None else 0
-    rows = [dict(r, job=r.get("job")) for d in docs for r in d["rows"]]
+    rows = [r for d in docs for r in d["rows"]]
     return {"docs": docs, "rows": rows, "ok": found, "failed": failed, "missing": missing, "expected": expected}
 
 
@@ -97,15 +96,15 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
         raise RuntimeError(f"{sweep_dir} mixes experiments {sorted(names)}: aggregate one experiment per sweep")
     first = info["docs"][0]
     merged = {"config": first["config"], "provenance": first["provenance"], "rows": info["rows"]}
-    write_csv(sweep_dir / results.RESULTS_CSV, info["rows"])
+    results.write_csv(sweep_dir / results.RESULTS_CSV, info["rows"])
     results.write_atomic(sweep_dir / results.RESULTS_JSON, json.dumps(merged, indent=1, default=float))
     paths, summary = get(names.pop()).plot(merged, sweep_dir)
     if summary:
-        write_csv(sweep_dir / "summary.csv", summary)
+        results.write_csv(sweep_dir / "summary.csv", summary)
     status = [{"job": j, "status": "ok"} for j in info["ok"]]
     status += [{"job": f["job"], "status": "failed", "why": f["why"], "overrides": " ".join(f["overrides"])}
                for f in info["failed"]]
-    write_csv(sweep_dir / "jobs.csv", status)
+    results.write_csv(sweep_dir / "jobs.csv", status)
     info["figures"] = paths
     return info
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 
 from cntk import Architecture
 
-from .config import Config, ModelConfig
+from .config import ModelConfig
 from .results import write_atomic
 
 
@@ -29,11 +28,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def architecture(model: ModelConfig, **override) -> Architecture:
     """The one architecture description for both the finite net and its exact kernel."""
-    m = replace(model, **override)
-    return Architecture(
-        family=m.family, depth=m.depth, readout=m.readout, fix_first_last=m.fix_first_last,
-        filter_size=m.filter_size, activation=m.activation,
-    )
+    return model.architecture(**override)
 
 
 def model_inputs(x: torch.Tensor, arch: Architecture) -> torch.Tensor:
@@ -90,4 +85,28 @@ def set_seed(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-__all__ = ["Config"]
+
+def net_name(readout: str, depth: int) -> str:
+    return f"CNN-{'GAP' if readout == 'gap' else 'V'}, depth {depth}"
+
+
+def by_group(rows: list[dict]) -> list[tuple[tuple[str, int], list[dict]]]:
+    """Rows grouped by (readout, depth), sorted."""
+    keys = sorted({(r["readout"], r["depth"]) for r in rows})
+    return [(k, [r for r in rows if (r["readout"], r["depth"]) == k]) for k in keys]
+
+
+def width_series(ax, rows: list[dict], key: str, color, label: str, *, scale: float = 1.0, band: bool = False,
+                 slope: bool = True) -> dict[str, float]:
+    """One series against width: every seed as a point, the seed mean as a line (with the seed
+    range as a band), and the log-log slope with its 95 % CI in the label.  Returns the fit."""
+    widths = sorted({r["width"] for r in rows})
+    vals = [np.array([scale * r[key] for r in rows if r["width"] == w]) for w in widths]
+    fit = loglog_fit([r["width"] for r in rows], [r[key] for r in rows])
+    ax.scatter([r["width"] for r in rows], [scale * r[key] for r in rows], s=10, color=color, alpha=0.35)
+    if slope and np.isfinite(fit["slope"]):
+        label += f": slope {fit['slope']:.2f} [{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}]"
+    ax.plot(widths, [v.mean() for v in vals], "-o", color=color, ms=4, label=label)
+    if band and len(vals[0]) > 1:
+        ax.fill_between(widths, [v.min() for v in vals], [v.max() for v in vals], color=color, alpha=0.15, lw=0)
+    return fit

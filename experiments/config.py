@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
-from cntk.architecture import ACTIVATIONS, FAMILIES, READOUTS
+from cntk.architecture import READOUTS, Architecture, ArchitectureError
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "sphere")
 EXPERIMENTS = ("ntk_convergence", "prediction_equivalence", "kernel_vs_network", "monte_carlo_vs_exact", "gram", "solve")
@@ -56,13 +56,17 @@ class ModelConfig:
     width: int = 256
 
     def __post_init__(self) -> None:
-        _check(self.family in FAMILIES, "model.family", f"unknown family {self.family!r}: use one of {FAMILIES}")
-        _check(self.depth >= 2, "model.depth", f"must be >= 2 (conv layers + 1, the paper's convention), got {self.depth}")
-        _check(self.readout in READOUTS, "model.readout", f"unknown readout {self.readout!r}: use one of {READOUTS}")
-        _check(self.activation in ACTIVATIONS, "model.activation", f"must be one of {ACTIVATIONS}")
-        _check(self.filter_size >= 1 and self.filter_size % 2 == 1, "model.filter_size", "must be a positive odd integer")
+        self.architecture()  # cntk.Architecture's own checks, reported under model.<field>
         _check(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
-        _check(not (self.fix_first_last and self.depth == 2), "model.fix_first_last", "needs model.depth >= 3")
+
+    def architecture(self, **override) -> Architecture:
+        """The one architecture description for both the finite net and its exact kernel."""
+        fields = {k: getattr(self, k) for k in ("family", "depth", "readout", "fix_first_last", "filter_size",
+                                                 "activation")}
+        try:
+            return Architecture(**{**fields, **override})
+        except ArchitectureError as err:
+            raise ConfigError(f"model.{err.field}: {err}") from None
 
 
 @dataclass

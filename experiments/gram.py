@@ -51,7 +51,7 @@ def run(cfg: Config, data: Dataset, device: torch.device, dtype: torch.dtype) ->
         t0 = time.perf_counter()
         before = store.compute_tile(i, j, r, c, device=device, backend=g.backend)
         seconds = time.perf_counter() - t0
-        rs, cs = store._bounds(i, j)
+        rs, cs = store.bounds(i, j)
         n = (rs.stop - rs.start) * (cs.stop - cs.start)
         if store.meta.symmetric and i == j:
             n = (rs.stop - rs.start) * (rs.stop - rs.start + 1) // 2

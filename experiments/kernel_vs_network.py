@@ -92,9 +92,13 @@ def plot(doc: dict, out_dir: str | Path):
     for label in dict.fromkeys(s["model"] for s in summary):
         cells = []
         for x in depths:
-            hit = [s for s in summary if s["model"] == label and s["depth"] == x]
-            cells.append(f"{100 * hit[0]['accuracy_mean']:.2f}" + (f" ± {100 * hit[0]['accuracy_std']:.2f}"
-                         if hit and hit[0]["seeds"] > 1 else "") if hit else "")
+            hit = next((s for s in summary if s["model"] == label and s["depth"] == x), None)
+            if hit is None:
+                cells.append("")
+            elif hit["seeds"] > 1:
+                cells.append(f"{100 * hit['accuracy_mean']:.2f} ± {100 * hit['accuracy_std']:.2f}")
+            else:
+                cells.append(f"{100 * hit['accuracy_mean']:.2f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     write_atomic(Path(out_dir) / "table.md", "\n".join(lines) + "\n")
     return paths, summary

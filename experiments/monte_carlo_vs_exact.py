@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 import cntk
 import finite_nets
 
-from .common import architecture, loglog_fit, model_inputs, save_figure, style
+from .common import architecture, by_group, model_inputs, net_name, save_figure, style, width_series
 from .config import Config
 from .data import Dataset
 
@@ -55,26 +55,19 @@ def plot(doc: dict, out_dir: str | Path):
     import matplotlib.pyplot as plt
 
     rows = doc["rows"]
-    groups = sorted({(r["readout"], r["depth"]) for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     summary = []
-    for gi, (readout, depth) in enumerate(groups):
-        sel = [r for r in rows if (r["readout"], r["depth"]) == (readout, depth)]
-        widths = sorted({r["width"] for r in sel})
-        color = f"C{gi}"
-        name = f"CNN-{'GAP' if readout == 'gap' else 'V'} depth {depth}"
-        acc = [np.mean([100 * r["accuracy_empirical"] for r in sel if r["width"] == w]) for w in widths]
-        axes[0].scatter([r["width"] for r in sel], [100 * r["accuracy_empirical"] for r in sel], s=10, color=color, alpha=0.4)
-        axes[0].plot(widths, acc, "-o", ms=4, color=color, label=f"empirical NTK, {name}")
+    for gi, ((readout, depth), sel) in enumerate(by_group(rows)):
+        color, name = f"C{gi % 10}", net_name(readout, depth)
+        width_series(axes[0], sel, "accuracy_empirical", color, f"empirical NTK, {name}", scale=100, slope=False)
         axes[0].axhline(100 * sel[0]["accuracy_exact"], color=color, ls="--", lw=1, label=f"exact kernel, {name}")
-        err = [np.mean([r["kernel_rel_error"] for r in sel if r["width"] == w]) for w in widths]
-        fit = loglog_fit([r["width"] for r in sel], [r["kernel_rel_error"] for r in sel])
-        axes[1].scatter([r["width"] for r in sel], [r["kernel_rel_error"] for r in sel], s=10, color=color, alpha=0.4)
-        axes[1].plot(widths, err, "-o", ms=4, color=color,
-                     label=name + (f": slope {fit['slope']:.2f}" if np.isfinite(fit["slope"]) else ""))
-        for w, a, er in zip(widths, acc, err):
-            summary.append({"readout": readout, "depth": depth, "width": w, "accuracy_empirical_mean": a / 100,
-                            "accuracy_exact": sel[0]["accuracy_exact"], "kernel_rel_error_mean": er})
+        width_series(axes[1], sel, "kernel_rel_error", color, name)
+        for w in sorted({r["width"] for r in sel}):
+            at = [r for r in sel if r["width"] == w]
+            summary.append({"readout": readout, "depth": depth, "width": w,
+                            "accuracy_empirical_mean": float(np.mean([r["accuracy_empirical"] for r in at])),
+                            "accuracy_exact": sel[0]["accuracy_exact"],
+                            "kernel_rel_error_mean": float(np.mean([r["kernel_rel_error"] for r in at]))})
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("width m")

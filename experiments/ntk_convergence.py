@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 import cntk
 import finite_nets
 
-from .common import architecture, loglog_fit, model_inputs, save_figure, style, theorem_31_error
+from .common import architecture, by_group, model_inputs, net_name, save_figure, style, theorem_31_error, width_series
 from .config import Config
 from .data import Dataset
 
@@ -61,30 +61,15 @@ def plot(doc: dict, out_dir: str | Path) -> tuple[list[Path], list[dict]]:
     import matplotlib.pyplot as plt
 
     rows, e = doc["rows"], doc["config"]["experiment"]
-    groups = sorted({(r["readout"], r["depth"]) for r in rows})
+    groups = by_group(rows)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    palette = plt.get_cmap("tab10")
     summary = []
-    for gi, (readout, depth) in enumerate(groups):
-        sel = [r for r in rows if r["readout"] == readout and r["depth"] == depth]
-        widths = sorted({r["width"] for r in sel})
-        color = palette(gi % 10)
+    for gi, ((readout, depth), sel) in enumerate(groups):
         for ax, key in zip(axes, ("rel_fro_error", "max_abs_error")):
-            vals = [np.array([r[key] for r in sel if r["width"] == w]) for w in widths]
-            mean = np.array([v.mean() for v in vals])
-            ax.scatter([r["width"] for r in sel], [r[key] for r in sel], s=10, color=color, alpha=0.35)
-            fit = loglog_fit([r["width"] for r in sel], [r[key] for r in sel])
-            label = f"CNN-{'GAP' if readout == 'gap' else 'V'}, depth {depth}"
-            if np.isfinite(fit["slope"]):
-                label += f": slope {fit['slope']:.2f} [{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}]"
-            ax.plot(widths, mean, "-o", color=color, ms=4, label=label)
-            if len(vals[0]) > 1:
-                lo = np.array([v.min() for v in vals])
-                hi = np.array([v.max() for v in vals])
-                ax.fill_between(widths, lo, hi, color=color, alpha=0.15, lw=0)
+            fit = width_series(ax, sel, key, f"C{gi % 10}", net_name(readout, depth), band=True)
             summary.append({"readout": readout, "depth": depth, "metric": key, **fit,
-                            "n_points": len(sel), "widths": len(widths)})
-    for di, depth in enumerate(sorted({d for _, d in groups})):
+                            "n_points": len(sel), "widths": len({r["width"] for r in sel})})
+    for di, depth in enumerate(sorted({d for (_, d), _ in groups})):
         widths = sorted({r["width"] for r in rows if r["depth"] == depth})
         bound = theorem_31_error(np.array(widths), depth - 1, e["delta"], e["bound_constant"])
         axes[1].plot(widths, bound, ["--", "-.", ":"][di % 3], color="black", lw=1,

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 import cntk
 import finite_nets
 
-from .common import architecture, loglog_fit, model_inputs, save_figure, style
+from .common import architecture, by_group, model_inputs, net_name, save_figure, style, width_series
 from .config import Config
 from .data import Dataset
 
@@ -81,23 +81,12 @@ def plot(doc: dict, out_dir: str | Path):
     rows, e = doc["rows"], doc["config"]["experiment"]
     last = max(r["step"] for r in rows)
     finals = [r for r in rows if r["step"] == last and "drift" in r]
-    groups = sorted({(r["readout"], r["depth"]) for r in rows})
+    groups = by_group(finals)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    cmap = plt.get_cmap("tab10")
     summary = []
-    for gi, (readout, depth) in enumerate(groups):
-        sel = [r for r in finals if r["readout"] == readout and r["depth"] == depth]
-        widths = sorted({r["width"] for r in sel})
-        name = f"CNN-{'GAP' if readout == 'gap' else 'V'} depth {depth}"
+    for gi, ((readout, depth), sel) in enumerate(groups):
         for ax, key in ((axes[0], "rel_test_diff"), (axes[1], "drift")):
-            pts_w = [r["width"] for r in sel]
-            pts = [r[key] for r in sel]
-            fit = loglog_fit(pts_w, pts)
-            mean = [np.mean([r[key] for r in sel if r["width"] == w]) for w in widths]
-            ax.scatter(pts_w, pts, s=10, color=cmap(gi), alpha=0.4)
-            lab = name + (f": slope {fit['slope']:.2f} [{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}]"
-                          if np.isfinite(fit["slope"]) else "")
-            ax.plot(widths, mean, "-o", ms=4, color=cmap(gi), label=lab)
+            fit = width_series(ax, sel, key, f"C{gi % 10}", net_name(readout, depth))
             summary.append({"readout": readout, "depth": depth, "metric": key, **fit})
     ws = sorted({r["width"] for r in finals})
     if ws:
@@ -105,7 +94,7 @@ def plot(doc: dict, out_dir: str | Path):
         d0 = np.median([r["drift"] for r in finals if r["width"] == ws[0]])
         axes[1].plot(ref, d0 * (ref / ref[0]) ** -0.5, ":", color="gray", label=r"$\propto m^{-1/2}$ (theory's rate)")
         axes[1].plot(ref, d0 * (ref / ref[0]) ** -1.0, "--", color="gray", lw=0.8, label=r"$\propto m^{-1}$")
-    readout, depth = groups[0]
+    (readout, depth), _ = groups[0]
     sel = [r for r in rows if r["readout"] == readout and r["depth"] == depth]
     widths = sorted({r["width"] for r in sel})
     for wi, w in enumerate(widths):

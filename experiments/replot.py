@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from . import get, results
-from .runner import write_csv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     paths, summary = get(doc["config"]["experiment"]["name"]).plot(doc, out)
     if summary:
-        write_csv(out / "summary.csv", summary)
+        results.write_csv(out / "summary.csv", summary)
     print("\n".join(str(p) for p in paths))
     return 0
 

@@ -51,5 +51,3 @@ def execute(dcfg: DictConfig, out_dir: str | Path) -> dict:
     log.info("wrote %s into %s (%.1f s)", ", ".join(written), out_dir, wall)
     return {"rows": rows, "figures": paths, "summary": summary}
 
-
-write_csv = results.write_csv  # re-exported for aggregate / replot
