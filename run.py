@@ -15,7 +15,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import ConfigError, register
 from experiments.data import DataMissingError
@@ -28,7 +28,8 @@ def main(cfg: DictConfig) -> None:
     from experiments.runner import execute
 
     try:
-        execute(cfg, HydraConfig.get().runtime.output_dir)
+        hc = HydraConfig.get()
+        execute(cfg, hc.runtime.output_dir, job_num=OmegaConf.select(hc, "job.num", default=0) or 0)
     except (ConfigError, DataMissingError, FileNotFoundError, ValueError) as err:
         if os.environ.get("CNTK_TRACEBACK"):
             raise

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,13 @@ from .config import ModelConfig
 from .results import write_atomic
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, job_num: int = 0) -> torch.device:
+    """``auto``: CPU without CUDA; else one GPU per job, cuda:(job_num mod visible GPUs), so that
+    joblib jobs on a multi-GPU machine spread over its GPUs (a SLURM job sees only its own GPU)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", job_num % torch.cuda.device_count())
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name} but no CUDA device is present: use device=auto or device=cpu")
@@ -78,6 +83,29 @@ def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
         write_atomic(path, buf.getvalue())
         paths.append(path)
     return paths
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity: what SLURM or taskset granted)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int) -> int:
+    """Cap this job's CPU threads (torch, and numba when installed); 0 means ``available_cores()``.
+    Several jobs on one machine (hydra/launcher=local_parallel) should share the cores:
+    threads = cores / jobs.  Returns the count set."""
+    n = threads or available_cores()
+    torch.set_num_threads(n)
+    try:
+        import numba
+    except ImportError:
+        return n
+    n_numba = min(n, numba.config.NUMBA_NUM_THREADS)  # numba cannot go above its start-up count
+    numba.set_num_threads(n_numba)
+    return n
 
 
 def set_seed(seed: int) -> None:

@@ -123,6 +123,7 @@ class GramConfig:
     max_dense_gb: float = 8.0
     cg_tol: float = 1e-10
     cg_max_iter: int = 5000
+    cv_folds: int = 5  # experiment=solve chooses the ridge by this many folds of the training kernel (0: off)
 
     def __post_init__(self) -> None:
         _check(self.tile >= 1, "gram.tile", f"must be >= 1, got {self.tile}")
@@ -130,6 +131,7 @@ class GramConfig:
         _check(0 <= self.job < self.num_jobs, "gram.job", f"must be in [0, gram.num_jobs={self.num_jobs}), got {self.job}")
         _check(self.kind in ("ntk", "nngp"), "gram.kind", f"must be ntk or nngp, got {self.kind!r}")
         _check(len(self.ridges) > 0 and min(self.ridges) >= 0, "gram.ridges", f"must be >= 0, got {self.ridges}")
+        _check(self.cv_folds == 0 or self.cv_folds >= 2, "gram.cv_folds", f"must be 0 (off) or >= 2, got {self.cv_folds}")
         _check(self.solver in ("auto", "cholesky", "cg"), "gram.solver", f"must be auto, cholesky or cg, got {self.solver!r}")
 
 
@@ -142,10 +144,12 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto: cuda when present, else cpu
     dtype: str = "float64"
+    threads: int = 0  # CPU threads of this job (numba and torch); 0: the cores this process may use
     progress: bool = True
 
     def __post_init__(self) -> None:
         _check(self.dtype in ("float32", "float64"), "dtype", f"must be float32 or float64, got {self.dtype!r}")
+        _check(self.threads >= 0, "threads", f"must be >= 0 (0: all cores this job may use), got {self.threads}")
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "device", "use auto, cpu or cuda[:N]")
 
 

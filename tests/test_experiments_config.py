@@ -41,6 +41,8 @@ def test_experiment_files_match_the_schema():
         ("experiment.widths=[0,4]", "experiment.widths"),
         ("experiment.lr_fraction=3", "experiment.lr_fraction"),
         ("dtype=float16", "dtype"),
+        ("threads=-1", "threads"),
+        ("gram.cv_folds=1", "gram.cv_folds"),
     ],
 )
 def test_impossible_values_name_the_key(override, key):
@@ -64,3 +66,22 @@ def test_run_py_fails_at_start_with_a_clear_message(override, words, tmp_path):
     assert proc.returncode != 0
     assert words in proc.stderr, proc.stderr
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_device_auto_gives_each_job_its_own_gpu(monkeypatch):
+    import torch
+
+    from experiments.common import resolve_device, set_threads
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", job_num=3) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [resolve_device("auto", j) for j in (0, 1, 5)] == [torch.device("cuda", i) for i in (0, 1, 1)]
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        numba = pytest.importorskip("numba")
+        assert numba.get_num_threads() == 1
+    finally:
+        set_threads(before)

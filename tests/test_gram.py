@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import cntk
+from cntk.regression import cross_validate_ridge
 from cntk.tiles import TileStore
 from experiments.config import DataConfig
 from experiments.data import load
@@ -128,7 +129,14 @@ def test_joblib_and_submitit_local_give_identical_stores_and_solve(tmp_path):
         direct = cntk.accuracy(cntk.kernel_regression(torch.tensor(k), cntk.paper_targets(d.y_train, 10), ridge=1e-3)
                                .predict(torch.tensor(kt)), d.y_test)
         assert float(row["accuracy"]) == pytest.approx(direct) and float(row["residual"]) < 1e-8
-        assert (out / "table.md").exists()
+        # the ridge is chosen by cross-validation on K_train (Cholesky path only), never on the test set
+        if solver == "cholesky":
+            cv = cross_validate_ridge(torch.tensor(k), d.y_train, 10, [0.001], folds=5)[0]
+            assert float(row["cv_accuracy"]) == pytest.approx(cv) and int(row["cv_folds"]) == 5
+        else:
+            assert row["cv_accuracy"] in ("nan", "") and int(row["cv_folds"]) == 0
+        table = (out / "table.md").read_text()
+        assert "CV ridge" in table and "no ridge" in table
 
 
 def test_solve_without_a_store_says_what_to_do(tmp_path):

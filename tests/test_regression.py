@@ -44,3 +44,28 @@ def test_shape_errors():
         cntk.kernel_regression(torch.eye(3)[:2], torch.zeros(2))
     with pytest.raises(ValueError, match="rows"):
         cntk.kernel_regression(torch.eye(3), torch.zeros(2))
+
+
+def test_leave_one_out_cross_validation_matches_the_closed_form():
+    """folds = n is leave-one-out, whose held-out predictions have a closed form:
+    f_-i(x_i) = y_i - alpha_i / G^-1_ii with G = K + lambda I (constant diagonal, so the relative ridge
+    is the same lambda for every fold)."""
+    from cntk.regression import cross_validate_ridge
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 60, generator=g, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True)
+    k = x @ x.T  # unit diagonal, positive definite
+    w = torch.randn(60, 3, generator=g, dtype=torch.float64)
+    labels = (x @ w + 0.3 * torch.randn(30, 3, generator=g, dtype=torch.float64)).argmax(1)
+    ridges = [0.0, 0.1, 1.0]
+    got = cross_validate_ridge(k, labels, 3, ridges, folds=30)
+    y = cntk.paper_targets(labels, 3)
+    want = []
+    for ridge in ridges:
+        ginv = torch.linalg.inv(k + ridge * torch.eye(30, dtype=torch.float64))
+        loo = y - (ginv @ y) / ginv.diagonal()[:, None]
+        want.append(cntk.accuracy(loo, labels))
+    assert got == pytest.approx(want) and len(set(want)) > 1  # the ridges differ, so the check can fail
+    with pytest.raises(ValueError, match="folds"):
+        cross_validate_ridge(k, labels, 3, ridges, folds=1)
