@@ -118,7 +118,7 @@ class GramConfig:
     num_jobs: int = 1
     kind: str = "ntk"
     backend: str = "auto"
-    ridges: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3, 1e-2])
+    ridges: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3, 1e-2, 1e-1])  # relative to mean diag K
     solver: str = "auto"  # cholesky | cg | auto (cholesky when K_train fits in gram.max_dense_gb)
     max_dense_gb: float = 8.0
     cg_tol: float = 1e-10

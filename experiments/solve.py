@@ -19,7 +19,7 @@ from cntk.regression import cross_validate_ridge
 from cntk.solvers import solve_cg, solve_dense
 from cntk.tiles import TileStore
 
-from .common import architecture, model_inputs
+from .common import architecture, model_inputs, save_figure, style
 from .config import Config
 from .data import Dataset
 from .results import write_atomic
@@ -102,4 +102,38 @@ def plot(doc: dict, out_dir: str | Path):
                         "cv_accuracy": float("nan") if cv is None else cv["cv_accuracy"],
                         "n_train": any_row["n_train"], "n_test": any_row["n_test"], "paper_cifar10": paper})
     write_atomic(Path(out_dir) / "table.md", "\n".join(lines) + "\n")
-    return [], summary
+    return _figure(summary, doc["config"]["data"], out_dir), summary
+
+
+def _figure(summary: list[dict], data: dict, out_dir: str | Path) -> list[Path]:
+    """Accuracy vs depth per kernel: ours (no ridge, CV ridge) and the paper's CIFAR-10 column."""
+    depths = sorted({s["depth"] for s in summary})
+    if len(depths) < 2:
+        return []
+    style()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kernel, color in (("CNTK-GAP", "C0"), ("CNTK-V", "C1")):
+        sel = sorted((s for s in summary if s["kernel"] == kernel), key=lambda s: s["depth"])
+        if not sel:
+            continue
+        d = [s["depth"] for s in sel]
+        for key, fmt, what in (("accuracy_no_ridge", "-o", "no ridge"), ("accuracy_cv_ridge", ":^", "CV ridge")):
+            acc = [100 * s[key] for s in sel]
+            if not all(np.isnan(acc)):
+                ax.plot(d, acc, fmt, color=color, ms=5, label=f"{kernel}, {data['name']}, {what}")
+        ax.plot(d, [s["paper_cifar10"] for s in sel], "--s", color=color, alpha=0.5, ms=4,
+                label=f"{kernel}, paper (CIFAR-10, full)")
+    n = summary[0]
+    ax.set_xscale("log")
+    ax.set_xticks(depths, [str(x) for x in depths])
+    ax.minorticks_off()
+    ax.set_xlabel("depth")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Table 1: {data['name']}, {n['n_train']} train / {n['n_test']} test")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths = save_figure(fig, out_dir, "table1")
+    plt.close(fig)
+    return paths

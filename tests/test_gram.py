@@ -143,3 +143,22 @@ def test_solve_without_a_store_says_what_to_do(tmp_path):
     proc = run_py("experiment=solve", *DATA, f"gram.store={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'r'}",
                   cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "run experiment=gram first" in proc.stderr
+
+
+def test_solve_table_reports_no_ridge_and_the_cross_validated_ridge(tmp_path):
+    """The table never picks a ridge by test accuracy: the CV column is the smallest ridge with the
+    best cross-validation accuracy, whatever its test accuracy."""
+    from experiments import solve
+
+    rows = []
+    for readout in ("gap", "flatten"):
+        for depth in (3, 21):
+            for ridge, cv, acc in ((0.0, 0.50, 0.70), (1e-3, 0.60, 0.65), (1e-2, 0.60, 0.90)):
+                rows.append({"readout": readout, "depth": depth, "ridge": ridge, "cv_accuracy": cv, "accuracy": acc,
+                             "n_train": 10, "n_test": 10, "paper_cifar10": solve.PAPER_TABLE1[readout][depth]})
+    doc = {"rows": rows, "config": {"data": {"name": "digits"}}}
+    paths, summary = solve.plot(doc, tmp_path)
+    assert {p.name for p in paths} == {"table1.png", "table1.pdf"}
+    for s in summary:
+        assert s["accuracy_no_ridge"] == 0.70 and s["cv_ridge"] == 1e-3 and s["accuracy_cv_ridge"] == 0.65
+    assert "| CNTK-GAP | 21 | 70.00 | 65.00 | 0.001 | 60.00 | 10 / 10 | 77.08 |" in (tmp_path / "table.md").read_text()
