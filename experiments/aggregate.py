@@ -39,7 +39,7 @@ def collect(sweep_dir: str | Path) -> dict[str, Any]:
             failed.append({"job": job.name, "overrides": overrides, "why": f"no readable results.json ({type(err).__name__})"})
             continue
         for row in doc["rows"]:
-            row["job"] = job.name
+            row.update({"sweep_job": job.name, **results.flat_provenance(doc["provenance"])})
         docs.append(doc)
         found.append(job.name)
     missing = max(0, expected - len(jobs)) if expected is not None else 0

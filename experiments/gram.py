@@ -64,14 +64,16 @@ def run(cfg: Config, data: Dataset, device: torch.device, dtype: torch.dtype) ->
 
 
 def plot(doc: dict, out_dir: str | Path):
-    """No figure: a per-job summary of tiles computed and entries per second."""
+    """No figure: per store and job, tiles computed or skipped and entries per second."""
     rows = doc["rows"]
     summary = []
-    for job in sorted({r.get("job", 0) for r in rows}):
-        sel = [r for r in rows if r.get("job", 0) == job]
+    groups = sorted({(str(Path(r["store"]).parent), r.get("job", 0)) for r in rows})
+    for store, job in groups:
+        sel = [r for r in rows if (str(Path(r["store"]).parent), r.get("job", 0)) == (store, job)]
         entries = sum(r["entries"] for r in sel)
         seconds = sum(r["seconds"] for r in sel if r["state_before"] != "done")
-        summary.append({"job": job, "tiles": len(sel), "computed": sum(r["state_before"] != "done" for r in sel),
+        summary.append({"store": store, "job": job, "tiles": len(sel),
+                        "computed": sum(r["state_before"] != "done" for r in sel),
                         "skipped": sum(r["state_before"] == "done" for r in sel), "entries": entries,
                         "compute_seconds": round(seconds, 3),
                         "entries_per_s": round(entries / seconds, 2) if seconds > 0 else float("nan")})

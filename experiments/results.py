@@ -65,15 +65,15 @@ def provenance(device: torch.device) -> dict[str, Any]:
     }
 
 
+def flat_provenance(prov: dict[str, Any]) -> dict[str, str]:
+    """The provenance columns of a results CSV row."""
+    return {"git_commit": prov["git_commit"], "torch": prov["versions"].get("torch", ""), "device": prov["device"]}
+
+
 def save(out_dir: str | Path, rows: list[dict[str, Any]], config: dict[str, Any], prov: dict[str, Any]) -> None:
     """results.csv (one row per point, provenance columns appended) and results.json (config,
     provenance, rows); each written atomically."""
-    flat_prov = {
-        "git_commit": prov["git_commit"],
-        "torch": prov["versions"].get("torch", ""),
-        "device": prov["device"],
-    }
-    write_csv(Path(out_dir) / RESULTS_CSV, [{**r, **flat_prov} for r in rows])
+    write_csv(Path(out_dir) / RESULTS_CSV, [{**r, **flat_provenance(prov)} for r in rows])
     doc = {"config": config, "provenance": prov, "rows": rows}
     write_atomic(Path(out_dir) / RESULTS_JSON, json.dumps(doc, indent=1, default=float))
 

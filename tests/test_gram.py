@@ -139,6 +139,17 @@ def test_joblib_and_submitit_local_give_identical_stores_and_solve(tmp_path):
         assert "CV ridge" in table and "no ridge" in table
 
 
+def test_ray_launcher_gives_the_direct_kernel(tmp_path):
+    """The optional Ray preset (pip install -e .[ray]); skipped where hydra-ray-launcher is absent."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="optional extra: pip install -e .[ray]")
+    store = tmp_path / "ray"
+    run_py("-m", "hydra/launcher=ray_preset", "experiment=gram", *DATA, "gram.tile=8", "gram.job=0,1",
+           "gram.num_jobs=2", "threads=1", f"gram.store={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    k, kt = _direct()
+    np.testing.assert_allclose(TileStore.load(store / "train").assemble(), k, rtol=1e-12)
+    np.testing.assert_allclose(TileStore.load(store / "test_train").assemble(), kt, rtol=1e-12)
+
+
 def test_solve_without_a_store_says_what_to_do(tmp_path):
     proc = run_py("experiment=solve", *DATA, f"gram.store={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'r'}",
                   cwd=tmp_path, check=False)
