@@ -105,12 +105,12 @@ def cross_validate_ridge(
     k = k_train.to(torch.float64)
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
     parts = [perm[f::folds] for f in range(folds)]
-    scores = []
-    for ridge in ridges:
-        correct = 0
-        for f, val in enumerate(parts):
-            tr = torch.cat([p for g, p in enumerate(parts) if g != f])
-            model = fit(k[tr][:, tr], paper_targets(labels[tr], num_classes).to(k.device), ridge=ridge)
-            correct += int((model.predict(k[val][:, tr]).argmax(1).cpu() == labels[val]).sum())
-        scores.append(correct / n)
-    return scores
+    correct = [0] * len(ridges)
+    for f, val in enumerate(parts):
+        tr = torch.cat([p for g, p in enumerate(parts) if g != f])
+        k_tr, k_val = k[tr][:, tr], k[val][:, tr]
+        targets = paper_targets(labels[tr], num_classes).to(k.device)
+        for i, ridge in enumerate(ridges):
+            pred = fit(k_tr, targets, ridge=ridge).predict(k_val)
+            correct[i] += int((pred.argmax(1).cpu() == labels[val]).sum())
+    return [c / n for c in correct]

@@ -48,8 +48,8 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {name} ({os.cpu_count()} cores)"
 
 
-def provenance(device: torch.device) -> dict[str, Any]:
-    """Versions, device, commit and time of this run."""
+def provenance(device: torch.device, cpu_threads: int) -> dict[str, Any]:
+    """Versions, device, CPU threads, commit and time of this run."""
     versions = {"python": platform.python_version()}
     for pkg in ("torch", "numpy", "hydra-core", "cntk-suite", "numba", "triton"):
         try:
@@ -60,6 +60,7 @@ def provenance(device: torch.device) -> dict[str, Any]:
         "git_commit": git_commit(),
         "versions": versions,
         "device": device_name(device),
+        "cpu_threads": cpu_threads,
         "host": platform.node(),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -45,7 +45,7 @@ def execute(dcfg: DictConfig, out_dir: str | Path, job_num: int = 0) -> dict:
     rows = [{"experiment": cfg.experiment.name, "data": cfg.data.name, **r, "run_wall_seconds": round(wall, 3)}
             for r in rows]
     config = OmegaConf.to_container(dcfg, resolve=True)
-    results.save(out_dir, rows, config, {**results.provenance(device), "cpu_threads": threads})
+    results.save(out_dir, rows, config, results.provenance(device, threads))
     paths, summary = exp.plot(results.load(out_dir), out_dir)
     if summary:
         results.write_csv(Path(out_dir) / "summary.csv", summary)

@@ -64,43 +64,44 @@ def run(cfg: Config, data: Dataset, device: torch.device, dtype: torch.dtype) ->
     return rows
 
 
-def _choices(rows: list[dict]) -> dict:
-    """Per (readout, depth): the no-ridge row and the row of the cross-validated ridge (the smallest
-    ridge with the best CV accuracy; None where CV did not run)."""
-    out = {}
+def _choices(rows: list[dict]) -> list[tuple[tuple[str, int], list[dict], dict | None, dict | None]]:
+    """Per (readout, depth), sorted: its rows by ridge, the no-ridge row and the row of the
+    cross-validated ridge (the smallest ridge with the best CV accuracy); None where absent."""
+    groups: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
-        out.setdefault((r["readout"], r["depth"]), []).append(r)
-    choice = {}
-    for key, group in out.items():
+        groups.setdefault((r["readout"], r["depth"]), []).append(r)
+    out = []
+    for key, group in sorted(groups.items()):
         group = sorted(group, key=lambda r: r["ridge"])
         zero = next((r for r in group if r["ridge"] == 0), None)
         scored = [r for r in group if not np.isnan(r.get("cv_accuracy", float("nan")))]
         cv = max(scored, key=lambda r: r["cv_accuracy"]) if scored else None  # max keeps the first (smallest)
-        choice[key] = (zero, cv)
-    return choice
+        out.append((key, group, zero, cv))
+    return out
+
+
+def _value(row: dict | None, key: str) -> float:
+    return float("nan") if row is None else row[key]
 
 
 def plot(doc: dict, out_dir: str | Path):
     """table.md / summary: accuracy with no ridge and with the cross-validated ridge per
     (readout, depth), the paper's CIFAR-10 numbers beside."""
     data = doc["config"]["data"]["name"]
-    pct = lambda r, key="accuracy": "" if r is None else f"{100 * r[key]:.2f}"  # noqa: E731
     lines = [f"| kernel | depth | {data}, no ridge (%) | {data}, CV ridge (%) | CV ridge | CV accuracy (%) | "
              "n_train / n_test | paper CIFAR-10 (%) |", "|---|---|---|---|---|---|---|---|"]
     summary = []
-    for (readout, depth), (zero, cv) in sorted(_choices(doc["rows"]).items()):
-        name = "CNTK-GAP" if readout == "gap" else "CNTK-V"
-        any_row = zero or cv or next(r for r in doc["rows"] if (r["readout"], r["depth"]) == (readout, depth))
-        paper = any_row["paper_cifar10"]
-        lines.append(f"| {name} | {depth} | {pct(zero)} | {pct(cv)} | {'' if cv is None else format(cv['ridge'], 'g')} | "
-                     f"{pct(cv, 'cv_accuracy')} | {any_row['n_train']} / {any_row['n_test']} | "
-                     f"{'' if np.isnan(paper) else f'{paper:.2f}'} |")
-        summary.append({"kernel": name, "depth": depth,
-                        "accuracy_no_ridge": float("nan") if zero is None else zero["accuracy"],
-                        "accuracy_cv_ridge": float("nan") if cv is None else cv["accuracy"],
-                        "cv_ridge": float("nan") if cv is None else cv["ridge"],
-                        "cv_accuracy": float("nan") if cv is None else cv["cv_accuracy"],
-                        "n_train": any_row["n_train"], "n_test": any_row["n_test"], "paper_cifar10": paper})
+    for (readout, depth), group, zero, cv in _choices(doc["rows"]):
+        first = group[0]
+        summary.append({"kernel": "CNTK-GAP" if readout == "gap" else "CNTK-V", "depth": depth,
+                        "accuracy_no_ridge": _value(zero, "accuracy"), "accuracy_cv_ridge": _value(cv, "accuracy"),
+                        "cv_ridge": _value(cv, "ridge"), "cv_accuracy": _value(cv, "cv_accuracy"),
+                        "n_train": first["n_train"], "n_test": first["n_test"], "paper_cifar10": first["paper_cifar10"]})
+        s = summary[-1]
+        cells = [f"{100 * s[k]:.2f}" if not np.isnan(s[k]) else "" for k in ("accuracy_no_ridge", "accuracy_cv_ridge")]
+        cells += ["" if cv is None else format(cv["ridge"], "g"), "" if cv is None else f"{100 * cv['cv_accuracy']:.2f}",
+                  f"{s['n_train']} / {s['n_test']}", "" if np.isnan(s["paper_cifar10"]) else f"{s['paper_cifar10']:.2f}"]
+        lines.append(f"| {s['kernel']} | {depth} | " + " | ".join(cells) + " |")
     write_atomic(Path(out_dir) / "table.md", "\n".join(lines) + "\n")
     return _figure(summary, doc["config"]["data"], out_dir), summary
 
