@@ -40,11 +40,28 @@ ensure_env() {
     fi
 }
 
+# Fashion-MNIST (the second real data set) from Debian's package, where this machine can: as root with
+# apt-get.  Best effort, once per environment; otherwise the loader's error says the command to run.
+FASHION_DIR=/usr/share/datasets/fashion-mnist
+ensure_data() {
+    [ -f "$FASHION_DIR/train-images-idx3-ubyte.gz" ] || [ -f "$FASHION_DIR/train-images-idx3-ubyte" ] && return 0
+    [ -f "$VENV/.fashion-mnist-tried" ] && return 0
+    touch "$VENV/.fashion-mnist-tried"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "dev.sh: installing Fashion-MNIST (apt-get install dataset-fashion-mnist)" >&2
+        { apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+          { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }; } ||
+            echo "dev.sh: could not install dataset-fashion-mnist; data=fashion_mnist needs it (or data.root=DIR)" >&2
+    else
+        echo "dev.sh: Fashion-MNIST is not installed: run 'sudo apt-get install dataset-fashion-mnist' for data=fashion_mnist" >&2
+    fi
+}
+
 cmd="${1:-}"; shift || true
 case "$cmd" in
-    run)    ensure_env; exec "$VENV/bin/python" run.py "$@" ;;
-    test)   ensure_env; exec "$VENV/bin/python" -m pytest "$@" ;;
+    run)    ensure_env; ensure_data; exec "$VENV/bin/python" run.py "$@" ;;
+    test)   ensure_env; ensure_data; exec "$VENV/bin/python" -m pytest "$@" ;;
     bench)  ensure_env; exec "$VENV/bin/python" benchmarks/kernels.py "$@" ;;
-    python) ensure_env; exec "$VENV/bin/python" "$@" ;;
+    python) ensure_env; ensure_data; exec "$VENV/bin/python" "$@" ;;
     *) echo "usage: ./dev.sh run|test|bench|python [args]" >&2; exit 2 ;;
 esac

@@ -40,10 +40,10 @@ def _inputs(n: int, depth: int, readout: str):
     import torch
 
     from experiments.common import model_inputs
-    from experiments.config import DataConfig, ModelConfig
-    from experiments.data import load
+    from experiments.config import ModelConfig
+    from experiments.data import data_config, load
 
-    data = load(DataConfig(name="fashion_mnist", n_train=n, n_test=n))
+    data = load(data_config("fashion_mnist", n_train=n, n_test=n))
     arch = ModelConfig(depth=depth, readout=readout).architecture()
     return (model_inputs(data.x_train.to(torch.float32), arch), model_inputs(data.x_test.to(torch.float32), arch),
             arch)
@@ -69,8 +69,8 @@ def tiled(n: int, depth: int, readout: str, tile: int, jobs: int, threads: int, 
     sweep = work / f"sweep_j{jobs}_t{threads}"
     cmd = [sys.executable, "run.py", "-m", "experiment=gram", "data=fashion_mnist", f"data.n_train={n}",
            f"data.n_test={n}", f"model.depth={depth}", f"model.readout={readout}", "dtype=float32",
-           f"gram.tile={tile}", f"gram.store={store}", f"gram.num_jobs={jobs}",
-           f"gram.job={','.join(str(j) for j in range(jobs))}", f"threads={threads}", "progress=false",
+           f"experiment.tile={tile}", f"experiment.store={store}", f"experiment.num_jobs={jobs}",
+           f"experiment.job={','.join(str(j) for j in range(jobs))}", f"threads={threads}", "progress=false",
            f"hydra.sweep.dir={sweep}"]
     if jobs > 1:
         cmd += ["hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={jobs}"]

@@ -2,7 +2,10 @@
 
 Layout of a store folder:
     meta.json               what the matrix is: architecture, kind, dtype, sizes, tile size,
-                            and a sha256 fingerprint of the inputs (a store never mixes inputs)
+                            and a sha256 fingerprint of the inputs (a store never mixes inputs):
+                            of their identity when the caller gives one (the data set, chosen
+                            indices, preprocessing and raw bytes: experiments/data.py), so that
+                            the last bits of a preprocessing never matter; else of their bytes
     tiles/r{I}_c{J}.npy     one tile, rows I*T.., columns J*T.. (numpy .npy)
     tiles/r{I}_c{J}.sha256  its checksum, written after the tile
 
@@ -34,11 +37,25 @@ from .architecture import Architecture
 from .atomic import write_atomic
 
 
-def fingerprint(x: torch.Tensor) -> str:
-    """sha256 of the inputs' bytes, shape and dtype."""
+def fingerprint(x: torch.Tensor, identity: dict | None = None) -> str:
+    """sha256 of the inputs' identity (a JSON-able description, with x's shape and dtype) when
+    given, else of their bytes, shape and dtype."""
     h = hashlib.sha256(f"{tuple(x.shape)} {x.dtype}".encode())
-    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    if identity is not None:
+        h.update(b"identity " + json.dumps(identity, sort_keys=True).encode())
+    else:
+        h.update(x.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _read_meta(path: Path) -> "StoreMeta":
+    meta_path = path / "meta.json"
+    try:
+        return StoreMeta(**json.loads(meta_path.read_text()))
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_path} is unreadable (truncated or corrupt: {str(err).splitlines()[0]}): "
+                         f"delete the store folder {path.parent if path.name in ('train', 'test_train') else path} "
+                         "and rerun experiment=gram") from None
 
 
 @dataclass
@@ -52,6 +69,7 @@ class StoreMeta:
     symmetric: bool
     rows_sha256: str
     cols_sha256: str
+    fingerprint: str = "bytes"  # "identity" or "bytes": what rows_sha256 / cols_sha256 hash
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -60,6 +78,13 @@ class StoreMeta:
     def tiles(self) -> list[tuple[int, int]]:
         gi, gj = self.grid
         return [(i, j) for i in range(gi) for j in range(gj) if not (self.symmetric and j < i)]
+
+
+def _fingerprints(rows: torch.Tensor, cols: torch.Tensor | None, identity: tuple[dict, dict | None] | None) -> dict:
+    ids = identity or (None, None)
+    return {"rows_sha256": fingerprint(rows, ids[0]),
+            "cols_sha256": fingerprint(rows, ids[0]) if cols is None else fingerprint(cols, ids[1]),
+            "fingerprint": "bytes" if identity is None else "identity"}
 
 
 class TileStore:
@@ -71,20 +96,21 @@ class TileStore:
     # -- creation -----------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, rows: torch.Tensor, cols: torch.Tensor | None, arch: Architecture,
-             kind: str = "ntk", tile: int = 256) -> "TileStore":
-        """Create the store, or reopen it after checking that it holds the same matrix."""
+             kind: str = "ntk", tile: int = 256, identity: tuple[dict, dict | None] | None = None) -> "TileStore":
+        """Create the store, or reopen it after checking that it holds the same matrix.
+        identity: (rows' identity, cols' identity or None) to fingerprint instead of the bytes."""
         if tile < 1:
             raise ValueError(f"tile must be >= 1, got {tile}")
         symmetric = cols is None
         meta = StoreMeta(
             arch=asdict(arch), kind=kind, dtype=str(rows.dtype).replace("torch.", ""), n_rows=len(rows),
             n_cols=len(rows) if symmetric else len(cols), tile=tile, symmetric=symmetric,
-            rows_sha256=fingerprint(rows), cols_sha256=fingerprint(rows if symmetric else cols),
+            **_fingerprints(rows, cols, identity),
         )
         path = Path(path)
         meta_path = path / "meta.json"
         if meta_path.exists():
-            old = StoreMeta(**json.loads(meta_path.read_text()))
+            old = _read_meta(path)
             if old != meta:
                 diff = [k for k in asdict(meta) if asdict(meta)[k] != asdict(old)[k]]
                 raise ValueError(f"{path} holds a different matrix (differs in {', '.join(diff)}): "
@@ -99,7 +125,7 @@ class TileStore:
         meta_path = Path(path) / "meta.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{path} is not a tile store (no meta.json): run experiment=gram first")
-        return cls(path, StoreMeta(**json.loads(meta_path.read_text())))
+        return cls(path, _read_meta(Path(path)))
 
     # -- tiles ----------------------------------------------------------------------------------
     def _files(self, i: int, j: int) -> tuple[Path, Path]:
@@ -116,6 +142,11 @@ class TileStore:
         if not data.exists() or not check.exists():
             return "missing"
         return "done" if hashlib.sha256(data.read_bytes()).hexdigest() == check.read_text().strip() else "failed"
+
+    def checksum(self, i: int, j: int) -> str:
+        """The sha256 recorded for tile (i, j) ('' when it has none)."""
+        check = self._files(i, j)[1]
+        return check.read_text().strip() if check.exists() else ""
 
     def status(self) -> dict[str, list[tuple[int, int]]]:
         out: dict[str, list[tuple[int, int]]] = {"done": [], "missing": [], "failed": []}
@@ -155,17 +186,26 @@ class TileStore:
         self.write_tile(i, j, block.cpu().numpy())
         return state
 
-    def check_inputs(self, rows: torch.Tensor, cols: torch.Tensor | None) -> None:
-        if fingerprint(rows) != self.meta.rows_sha256 or (cols is not None and fingerprint(cols) != self.meta.cols_sha256):
-            raise ValueError(f"these inputs are not the ones {self.path} was made for: use another store path")
+    def check_inputs(self, rows: torch.Tensor, cols: torch.Tensor | None,
+                     identity: tuple[dict, dict | None] | None = None) -> None:
+        """Raise unless rows (and cols) are the inputs this store was made for (by identity when
+        given, else by bytes, as the store was fingerprinted)."""
+        want = _fingerprints(rows, cols, identity)
+        if want["fingerprint"] != self.meta.fingerprint:
+            raise ValueError(f"{self.path} was fingerprinted by {self.meta.fingerprint}, these inputs by "
+                             f"{want['fingerprint']}: recompute it into another store path")
+        if want["rows_sha256"] != self.meta.rows_sha256 or (cols is not None and want["cols_sha256"] != self.meta.cols_sha256):
+            raise ValueError(f"these inputs are not the ones {self.path} was made for (another data set, subset, "
+                             "preprocessing or image): use another store path")
 
     def compute(self, rows: torch.Tensor, cols: torch.Tensor | None, job: int = 0, num_jobs: int = 1,
-                progress: bool = True, **kernel_options) -> dict[str, int]:
+                progress: bool = True, identity: tuple[dict, dict | None] | None = None,
+                **kernel_options) -> dict[str, int]:
         """Compute this job's share of the tiles (round robin over the tile list) that are not done.
         Returns counts of tiles computed, skipped (already done) and recomputed (were failed)."""
         if not 0 <= job < num_jobs:
             raise ValueError(f"job index {job} must be in [0, {num_jobs})")
-        self.check_inputs(rows, cols)
+        self.check_inputs(rows, cols, identity)
         from tqdm.auto import tqdm
 
         counts = {"computed": 0, "skipped": 0, "recomputed": 0}

@@ -1,15 +1,19 @@
-"""Aggregate a Hydra sweep: read every job's results, report missing or failed jobs, draw the
-sweep's figures from the merged rows.
+"""Aggregate a Hydra sweep: every job's status in jobs.csv, the merged rows (each job's override
+columns kept, rows of different settings told apart by a ``setting`` column), every job's config,
+and the sweep's figures drawn from the merged rows.
 
     python -m experiments.aggregate multirun/2026-11-27/10-00-00
 
-Also runs by itself at the end of every ``python run.py -m ...`` (a Hydra callback).
+Also runs by itself at the end of every ``python run.py -m ...`` (a Hydra callback), whatever
+failed; run.py runs it too when the launcher itself breaks.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,41 +21,52 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 
-from . import get, results
+from . import get, overrides, results
+from .runner import JOB_STATUS
 
 log = logging.getLogger("experiments.aggregate")
+SWEEP: dict[str, Any] = {"dir": None, "aggregated": False}  # the running sweep of this process (run.py)
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
+                  key=lambda p: (len(p.name), p.name))
 
 
 def collect(sweep_dir: str | Path) -> dict[str, Any]:
-    """All job folders of a sweep: merged rows, per-job status, and the expected job count."""
+    """Every job folder of a sweep: its status row (jobs.csv) and, for finished jobs, its document."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir} is not a folder: pass the sweep folder (multirun/DATE/TIME)")
-    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
-                  key=lambda p: (len(p.name), p.name))
-    expected = _expected_jobs(sweep_dir)
-    found, failed, docs = [], [], []
-    for job in jobs:
-        overrides = _overrides(job)
+    status, docs = [], []
+    for job in _job_dirs(sweep_dir):
+        row = {"job": job.name, "overrides": " ".join(_overrides(job)), "status": "", "error": ""}
+        try:
+            state = json.loads((job / JOB_STATUS).read_text())
+        except (OSError, json.JSONDecodeError):
+            state = None
         try:
             doc = results.load(job)
-        except (OSError, json.JSONDecodeError) as err:
-            failed.append({"job": job.name, "overrides": overrides, "why": f"no readable results.json ({type(err).__name__})"})
-            continue
-        for row in doc["rows"]:
-            row.update({"sweep_job": job.name, **results.flat_provenance(doc["provenance"])})
-        docs.append(doc)
-        found.append(job.name)
-    missing = max(0, expected - len(jobs)) if expected is not None else 0
-    rows = [r for d in docs for r in d["rows"]]
-    return {"docs": docs, "rows": rows, "ok": found, "failed": failed, "missing": missing, "expected": expected}
+        except (OSError, json.JSONDecodeError):
+            doc = None
+        if doc is not None and (state is None or state.get("status") == "ok"):
+            row["status"] = "ok"
+            doc["job"] = job.name
+            docs.append(doc)
+        elif state is not None:
+            row["status"], row["error"] = state.get("status", "failed"), state.get("error", "")
+        else:
+            row["status"], row["error"] = "no result", "killed, lost, or still running (no job.json, no results.json)"
+        status.append(row)
+    expected = _expected_jobs(sweep_dir)
+    missing = max(0, expected - len(status)) if expected is not None else 0
+    return {"docs": docs, "jobs": status, "missing": missing, "expected": expected}
 
 
 def _overrides(job: Path) -> list[str]:
-    path = job / ".hydra" / "overrides.yaml"
     try:
-        return list(yaml.safe_load(path.read_text()) or [])
-    except OSError:
+        return list(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
+    except (OSError, yaml.YAMLError):
         return []
 
 
@@ -81,46 +96,106 @@ def _count_choices(value: str) -> int:
     return n
 
 
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One document of a sweep's finished jobs: every job's config, choices, overrides and
+    provenance under ``jobs``; the rows with their job, provenance, the values of every setting
+    that varies between jobs and a ``setting`` label ('' when none varies)."""
+    names = {d.get("experiment") or d["config"]["experiment"]["name"] for d in docs}
+    if len(names) > 1:
+        raise RuntimeError(f"the sweep mixes experiments {sorted(names)}: aggregate one experiment per sweep")
+    name = names.pop()
+    varying = overrides.settings(docs, get(name).Config)
+    rows = []
+    for d in docs:
+        values = {k: overrides.value_of(d, k) for k in varying}
+        for row in d["rows"]:
+            rows.append({**row, **values, "setting": overrides.label(values), "sweep_job": d["job"],
+                         **results.flat_provenance(d["provenance"])})
+    jobs = [{k: d.get(k) for k in ("job", "config", "choices", "overrides", "provenance")} for d in docs]
+    return {"experiment": name, "settings": varying, "jobs": jobs, "rows": rows}
+
+
 def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
-    """Write aggregated results.csv, summary.csv and figures into the sweep folder; return the status."""
+    """Write jobs.csv (always), and results.csv / results.json / summary.csv / figures of the
+    finished jobs into the sweep folder; return the status."""
     sweep_dir = Path(sweep_dir)
     info = collect(sweep_dir)
-    for f in info["failed"]:
-        log.warning("job %s failed: %s (overrides: %s)", f["job"], f["why"], " ".join(f["overrides"]))
+    for j in info["jobs"]:
+        if j["status"] != "ok":
+            log.warning("job %s %s: %s (overrides: %s)", j["job"], j["status"], j["error"], j["overrides"])
     if info["missing"]:
         log.warning("%d of %d jobs have no folder (never started or lost)", info["missing"], info["expected"])
+    results.write_csv(sweep_dir / "jobs.csv", info["jobs"] + [
+        {"job": "", "overrides": "", "status": "missing", "error": f"{info['missing']} jobs never started"}
+    ] * bool(info["missing"]))
+    info["figures"] = []
     if not info["docs"]:
-        raise RuntimeError(f"no job of {sweep_dir} has results: nothing to aggregate")
-    names = {d["config"]["experiment"]["name"] for d in info["docs"]}
-    if len(names) > 1:
-        raise RuntimeError(f"{sweep_dir} mixes experiments {sorted(names)}: aggregate one experiment per sweep")
-    first = info["docs"][0]
-    merged = {"config": first["config"], "provenance": first["provenance"], "rows": info["rows"]}
-    results.write_csv(sweep_dir / results.RESULTS_CSV, info["rows"])
-    results.write_atomic(sweep_dir / results.RESULTS_JSON, json.dumps(merged, indent=1, default=float))
-    paths, summary = get(names.pop()).plot(merged, sweep_dir)
+        raise RuntimeError(f"no job of {sweep_dir} finished: nothing to aggregate (see {sweep_dir / 'jobs.csv'})")
+    merged = merge(info["docs"])
+    results.save(sweep_dir, {**merged, "provenance": info["docs"][0]["provenance"]})
+    paths, summary = get(merged["experiment"]).plot(results.load(sweep_dir), sweep_dir)
     if summary:
         results.write_csv(sweep_dir / "summary.csv", summary)
-    status = [{"job": j, "status": "ok"} for j in info["ok"]]
-    status += [{"job": f["job"], "status": "failed", "why": f["why"], "overrides": " ".join(f["overrides"])}
-               for f in info["failed"]]
-    results.write_csv(sweep_dir / "jobs.csv", status)
-    info["figures"] = paths
+    info["figures"], info["settings"] = paths, merged["settings"]
     return info
 
 
+def interrupt_note(sweep_dir: str | Path | None) -> str:
+    """What an interrupted sweep kept: tiles of its gram stores, or its finished jobs."""
+    if sweep_dir is None or not Path(sweep_dir).is_dir():
+        return "nothing written"
+    from .gram import tiles_done
+
+    jobs = _job_dirs(Path(sweep_dir))
+    stores = set()
+    for job in jobs:
+        try:
+            cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if (cfg.get("experiment") or {}).get("name") == "gram":
+            from .gram import store_path
+
+            stores.add(str(store_path(cfg)))
+    if stores:
+        return f"{sum(tiles_done(s) for s in stores)} tiles kept, rerun the same command to resume"
+    done = sum((j / results.RESULTS_JSON).exists() for j in jobs)
+    return f"{done} of {len(jobs)} started jobs finished (results in {sweep_dir}); rerun the same command to redo the sweep"
+
+
+def _start_reaper(launcher: dict[str, Any]) -> None:
+    """Launchers that run jobs as processes of this machine (joblib, submitit local): a watcher in
+    its own session kills every process this one started if this one dies (even by SIGKILL)."""
+    target = str(launcher.get("_target_", ""))
+    if "Joblib" in target or "LocalLauncher" in target:
+        subprocess.Popen([sys.executable, "-m", "experiments.reaper", str(os.getpid())], start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class AggregateCallback(Callback):
-    """Aggregates a multirun when it ends (all launchers: basic, joblib, submitit)."""
+    """Starts the orphan reaper when a multirun starts; aggregates it when it ends."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
+        SWEEP.update(dir=str(config.hydra.sweep.dir), aggregated=False)
+        _start_reaper(OmegaConf.to_container(config.hydra.launcher, resolve=True))
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            info = aggregate(sweep_dir)
-        except Exception as err:  # a failed aggregation must not hide the jobs' own results
-            log.error("aggregation of %s failed: %s", sweep_dir, err)
-            return
-        log.info("aggregated %d jobs (%d failed, %d missing) into %s", len(info["ok"]), len(info["failed"]),
-                 info["missing"], sweep_dir)
+        run_end_of_sweep(config.hydra.sweep.dir)
+
+
+def run_end_of_sweep(sweep_dir: str | Path) -> None:
+    """Aggregate once, logging (never raising) what went wrong."""
+    SWEEP["aggregated"] = True
+    try:
+        info = aggregate(sweep_dir)
+    except Exception as err:  # a failed aggregation must not hide the jobs' own results
+        log.error("aggregation of %s: %s", sweep_dir, err)
+        return
+    bad = sum(j["status"] != "ok" for j in info["jobs"])
+    log.info("aggregated %d jobs (%d not ok, %d missing) into %s%s", len(info["docs"]), bad, info["missing"], sweep_dir,
+             f"; settings told apart: {', '.join(info['settings'])}" if info.get("settings") else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{len(info['ok'])} jobs ok, {len(info['failed'])} failed, {info['missing']} missing; "
+    bad = sum(j["status"] != "ok" for j in info["jobs"])
+    print(f"{len(info['docs'])} jobs ok, {bad} failed, {info['missing']} missing; "
           f"figures: {', '.join(str(p) for p in info['figures'])}")
-    return 1 if info["failed"] or info["missing"] else 0
+    return 1 if bad or info["missing"] else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Small shared pieces of the experiments: device, dtype, architecture, fits, figure style."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -10,7 +11,6 @@ import torch
 
 from cntk import Architecture
 
-from .config import ModelConfig
 from .results import write_atomic
 
 
@@ -29,11 +29,6 @@ def resolve_device(name: str, job_num: int = 0) -> torch.device:
 
 def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
-def architecture(model: ModelConfig, **override) -> Architecture:
-    """The one architecture description for both the finite net and its exact kernel."""
-    return model.architecture(**override)
 
 
 def model_inputs(x: torch.Tensor, arch: Architecture) -> torch.Tensor:
@@ -98,30 +93,49 @@ def set_threads(threads: int) -> int:
     Several jobs on one machine (hydra/launcher=local_parallel) should share the cores:
     threads = cores / jobs.  Returns the count set."""
     n = threads or available_cores()
-    torch.set_num_threads(n)
     try:
         import numba
+
+        # numba first: launching its OpenMP threading layer resets OpenMP's thread count, torch's too
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # it cannot go above its start-up count
     except ImportError:
-        return n
-    n_numba = min(n, numba.config.NUMBA_NUM_THREADS)  # numba cannot go above its start-up count
-    numba.set_num_threads(n_numba)
+        pass
+    torch.set_num_threads(n)
     return n
 
 
-def set_seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-
-def net_name(readout: str, depth: int) -> str:
+def net_name(readout: str, depth: int, family: str = "cnn") -> str:
+    """'CNN-GAP, depth 3', 'CNN-V, depth 3' or 'FC, depth 3'."""
+    if family == "fc" or readout == "none":
+        return f"FC, depth {depth}"
     return f"CNN-{'GAP' if readout == 'gap' else 'V'}, depth {depth}"
 
 
-def by_group(rows: list[dict]) -> list[tuple[tuple[str, int], list[dict]]]:
-    """Rows grouped by (readout, depth), sorted."""
-    keys = sorted({(r["readout"], r["depth"]) for r in rows})
-    return [(k, [r for r in rows if (r["readout"], r["depth"]) == k]) for k in keys]
+def series_name(rows: list[dict]) -> str:
+    """The legend label of a group of rows: its net, and its setting when a sweep varied one."""
+    r = rows[0]
+    name = net_name(r["readout"], r["depth"], r.get("family", "cnn"))
+    return f"{name} [{r['setting']}]" if r.get("setting") else name
+
+
+def by_group(rows: list[dict], keys: tuple[str, ...] = ("readout", "depth")) -> list[tuple[tuple, list[dict]]]:
+    """Rows grouped by their setting (what a sweep varied, experiments/overrides.py) and ``keys``,
+    sorted: no fit or mean ever pools rows of different settings."""
+    full = ("setting", "family", *keys)
+    key = lambda r: tuple(str(r.get(k, "")) if k in ("setting", "family") else r[k] for k in full)  # noqa: E731
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    return [(k[2:], groups[k]) for k in sorted(groups, key=lambda k: tuple(map(str, k[:2])) + k[2:])]
+
+
+def common(rows: list[dict], key: str, fmt: str = "") -> str:
+    """The value of ``key`` shared by all rows, formatted; 'varies (see legend)' when rows differ."""
+    values = {json.dumps(r.get(key), default=str) for r in rows}
+    if len(values) != 1:
+        return "varies (see legend)"
+    value = rows[0].get(key)
+    return format(value, fmt) if fmt and isinstance(value, (int, float)) else str(value)
 
 
 def width_series(ax, rows: list[dict], key: str, color, label: str, *, scale: float = 1.0, band: bool = False,

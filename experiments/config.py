@@ -1,51 +1,109 @@
-"""Structured configs (Hydra / OmegaConf schemas): a typo, a wrong type or an impossible value
-fails at start with one line naming the key."""
+"""Structured configs (Hydra / OmegaConf schemas) shared by every experiment.
+
+One schema per config-group option: each data set has its own (``data.shape`` exists for
+``sphere`` only), the model has one, and every experiment module defines its own ``Config``
+(a subclass of ``ExperimentConfig`` or ``GridExperiment`` below) with exactly the fields it reads.
+A typo, a wrong type or an impossible value fails at start with one line naming the key.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 
 from cntk.architecture import READOUTS, Architecture, ArchitectureError
 
-DATASETS = ("digits", "fashion_mnist", "cifar10", "sphere")
-EXPERIMENTS = ("ntk_convergence", "prediction_equivalence", "kernel_vs_network", "monte_carlo_vs_exact", "gram", "solve")
-
 
 class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key."""
+    """A config value that cannot work; the message names the key and what to do."""
 
 
-def _check(ok: bool, key: str, msg: str) -> None:
+def check(ok: bool, key: str, msg: str) -> None:
+    """Raise ConfigError(f"{key}: {msg}") unless ok."""
     if not ok:
         raise ConfigError(f"{key}: {msg}")
 
 
+# -- data ---------------------------------------------------------------------------------------
+
+
 @dataclass
 class DataConfig:
-    """A seeded, class-balanced subset of a data set, with the paper's preprocessing."""
+    """A seeded, class-balanced subset of a data set (the first ``num_classes`` classes)."""
 
-    name: str = "digits"
+    NAME: ClassVar[str] = ""
+    name: str = ""
     n_train: int = 100
     n_test: int = 100
-    num_classes: int = 10  # the first num_classes classes are used
-    root: str | None = None  # where the files are (default: per data set, see experiments/data.py)
-    download: bool = False  # fetch and checksum-verify when the files are missing (needs internet)
-    standardize: bool = True  # per-channel, with training-set statistics
-    shape: list[int] = field(default_factory=lambda: [1, 8, 8])  # sphere only: (C, H, W) of its points
-    seed: int = 0
+    num_classes: int = 10
+    seed: int = 0  # which images: the subsets (and digits' train/test pool split) are drawn from it
 
     def __post_init__(self) -> None:
-        _check(self.name in DATASETS, "data.name", f"unknown data set {self.name!r}: use one of {DATASETS}")
-        _check(self.n_train >= 1, "data.n_train", f"must be >= 1, got {self.n_train}")
-        _check(self.n_test >= 0, "data.n_test", f"must be >= 0, got {self.n_test}")
-        _check(2 <= self.num_classes <= 10, "data.num_classes", f"must be in 2..10, got {self.num_classes}")
-        _check(len(self.shape) == 3 and min(self.shape) >= 1, "data.shape", f"must be [C, H, W], got {self.shape}")
+        check(self.name == self.NAME, "data.name", f"choose the data set with data={self.name} (a group option), "
+              f"not data.name")
+        check(self.n_train >= 1, "data.n_train", f"must be >= 1, got {self.n_train}")
+        check(self.n_test >= 0, "data.n_test", f"must be >= 0, got {self.n_test}")
+        check(2 <= self.num_classes <= 10, "data.num_classes", f"must be in 2..10, got {self.num_classes}")
+
+
+@dataclass
+class ImageDataConfig(DataConfig):
+    """Real images: pixels scaled to [0, 1], then per-channel standardisation with training statistics."""
+
+    standardize: bool = True
+
+
+@dataclass
+class DigitsConfig(ImageDataConfig):
+    NAME: ClassVar[str] = "digits"
+    name: str = "digits"
+
+
+@dataclass
+class FileDataConfig(ImageDataConfig):
+    root: str | None = None  # where the files are (default: per data set, see experiments/data.py)
+    download: bool = False  # fetch and checksum-verify when the files are missing (needs internet)
+
+
+@dataclass
+class FashionMnistConfig(FileDataConfig):
+    NAME: ClassVar[str] = "fashion_mnist"
+    name: str = "fashion_mnist"
+
+
+@dataclass
+class Cifar10Config(FileDataConfig):
+    NAME: ClassVar[str] = "cifar10"
+    name: str = "cifar10"
+
+
+@dataclass
+class SphereConfig(DataConfig):
+    """Synthetic points uniform on the unit sphere, labelled by a random linear teacher (no
+    standardisation: the points keep ||x|| = 1)."""
+
+    NAME: ClassVar[str] = "sphere"
+    name: str = "sphere"
+    shape: list[int] = field(default_factory=lambda: [1, 8, 8])  # (C, H, W) of its points
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(len(self.shape) == 3 and min(self.shape) >= 1, "data.shape", f"must be [C, H, W], got {self.shape}")
+
+
+DATA_SCHEMAS: dict[str, type[DataConfig]] = {c.NAME: c for c in (DigitsConfig, FashionMnistConfig, Cifar10Config,
+                                                                 SphereConfig)}
+
+
+# -- model --------------------------------------------------------------------------------------
 
 
 @dataclass
 class ModelConfig:
-    """The architecture (one description builds the finite net and its exact kernel) and a width."""
+    """The architecture (one description builds the finite net and its exact kernel) and a width.
+    Experiments that sweep depth, readout or width (``experiment.depths`` ...) take an explicit
+    ``model.depth`` / ``model.readout`` / ``model.width`` as a one-value grid (experiments/overrides.py)."""
 
     family: str = "cnn"
     depth: int = 3
@@ -57,9 +115,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.architecture()  # cntk.Architecture's own checks, reported under model.<field>
-        _check(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
+        check(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
 
-    def architecture(self, **override) -> Architecture:
+    def architecture(self, **override: Any) -> Architecture:
         """The one architecture description for both the finite net and its exact kernel."""
         fields = {k: getattr(self, k) for k in ("family", "depth", "readout", "fix_first_last", "filter_size",
                                                  "activation")}
@@ -69,94 +127,90 @@ class ModelConfig:
             raise ConfigError(f"model.{err.field}: {err}") from None
 
 
+# -- experiments --------------------------------------------------------------------------------
+
+
 @dataclass
 class ExperimentConfig:
-    """What to measure.  Lists are swept inside one run; a Hydra multirun sweeps them across jobs
-    (e.g. ``-m experiment.seeds=[0],[1],[2]``)."""
+    """Base of every experiment's schema.  Subclasses set NAME and add their own fields.
 
-    name: str = "ntk_convergence"
+    Class attributes (not config keys) tell the override rule (experiments/overrides.py) how the
+    experiment uses the shared keys:
+      AXES: override key -> result-row column it becomes (swept inside a run, or across jobs;
+            rows of different values are never pooled because the column tells them apart);
+      PARTITION: keys that split one computation across jobs (rows of all values belong together);
+      REFUSED: key -> why it has no effect here and what to use instead (refused at start).
+    """
+
+    NAME: ClassVar[str] = ""
+    AXES: ClassVar[dict[str, str]] = {}
+    PARTITION: ClassVar[tuple[str, ...]] = ()
+    REFUSED: ClassVar[dict[str, str]] = {}
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        check(self.name == self.NAME, "experiment.name", f"choose the experiment with experiment={self.name} "
+              "(a group option), not experiment.name")
+
+
+@dataclass
+class GridExperiment(ExperimentConfig):
+    """An experiment over the grid readout x depth x width x seed (experiments/sweep.py runs it).
+    An explicit ``model.readout`` / ``model.depth`` / ``model.width`` becomes the one-value list."""
+
+    AXES: ClassVar[dict[str, str]] = {
+        "experiment.readouts": "readout", "experiment.depths": "depth", "experiment.widths": "width",
+        "experiment.seeds": "seed", "model.readout": "readout", "model.depth": "depth", "model.width": "width",
+    }
     widths: list[int] = field(default_factory=lambda: [16, 64, 256, 1024])
     depths: list[int] = field(default_factory=lambda: [3])
     readouts: list[str] = field(default_factory=lambda: ["gap", "flatten"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    n_points: int = 12  # inputs whose kernel is measured (ntk_convergence)
-    steps: int = 300  # full-batch GD steps (prediction_equivalence)
-    lr_fraction: float = 1.0  # learning rate = lr_fraction / lambda_max(initial NTK)
-    output_scale: float = 1.0  # kappa of Theorem 3.2
-    centered: bool = True  # subtract the initial function (prediction_equivalence)
-    ridge: float = 0.0  # kernel regression ridge, relative to the mean diagonal
-    sgd_epochs: int = 30  # kernel_vs_network: finite nets trained by minibatch SGD
-    sgd_batch_size: int = 64
-    sgd_lr_fraction: float = 0.5  # SGD lr = fraction * batch / lambda_max(initial NTK on a batch)
-    delta: float = 0.05  # failure probability drawn with the theorem's width bound
-    bound_constant: float = 1.0  # the theorem's unspecified constant, drawn as this value
 
     def __post_init__(self) -> None:
-        _check(self.name in EXPERIMENTS, "experiment.name", f"unknown experiment {self.name!r}: use one of {EXPERIMENTS}")
-        _check(len(self.widths) > 0 and min(self.widths) >= 1, "experiment.widths", f"widths must be >= 1, got {self.widths}")
-        _check(len(self.depths) > 0 and min(self.depths) >= 2, "experiment.depths", f"depths must be >= 2, got {self.depths}")
+        super().__post_init__()
+        check(len(self.widths) > 0 and min(self.widths) >= 1, "experiment.widths",
+              f"widths must be >= 1, got {self.widths}")
+        check(len(self.depths) > 0 and min(self.depths) >= 2, "experiment.depths",
+              f"depths must be >= 2 (conv layers + 1, the paper's convention), got {self.depths}")
         bad = [r for r in self.readouts if r not in READOUTS]
-        _check(len(self.readouts) > 0 and not bad, "experiment.readouts", f"unknown readout(s) {bad}: use {READOUTS}")
-        _check(len(self.seeds) > 0, "experiment.seeds", "needs at least one seed")
-        _check(self.n_points >= 2, "experiment.n_points", f"must be >= 2, got {self.n_points}")
-        _check(self.steps >= 1, "experiment.steps", f"must be >= 1, got {self.steps}")
-        _check(0 < self.lr_fraction < 2, "experiment.lr_fraction", f"must be in (0, 2) for stable GD, got {self.lr_fraction}")
-        _check(self.output_scale > 0, "experiment.output_scale", f"must be > 0, got {self.output_scale}")
-        _check(self.ridge >= 0, "experiment.ridge", f"must be >= 0, got {self.ridge}")
-        _check(self.sgd_epochs >= 1 and self.sgd_batch_size >= 1 and 0 < self.sgd_lr_fraction < 2, "experiment.sgd_*", "epochs and batch size must be >= 1, sgd_lr_fraction in (0, 2)")
-        _check(0 < self.delta < 1, "experiment.delta", f"must be in (0, 1), got {self.delta}")
+        check(len(self.readouts) > 0 and not bad, "experiment.readouts", f"unknown readout(s) {bad}: use {READOUTS}")
+        check(len(self.seeds) > 0, "experiment.seeds", "needs at least one seed")
+        for key, values in (("widths", self.widths), ("depths", self.depths), ("readouts", self.readouts),
+                            ("seeds", self.seeds)):
+            check(len(set(values)) == len(values), f"experiment.{key}", f"repeats a value: {values}")
 
 
-@dataclass
-class GramConfig:
-    """The tiled kernel matrix of train (upper triangle) and test x train, on disk (experiment=gram),
-    and its kernel regression (experiment=solve)."""
-
-    store: str = "stores/${data.name}-${model.readout}-d${model.depth}-${data.n_train}x${data.n_test}-${gram.kind}-${dtype}"
-    tile: int = 256  # images per tile side
-    job: int = 0  # this job's index: it computes tiles job, job + num_jobs, ...
-    num_jobs: int = 1
-    kind: str = "ntk"
-    backend: str = "auto"
-    ridges: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3, 1e-2, 1e-1])  # relative to mean diag K
-    solver: str = "auto"  # cholesky | cg | auto (cholesky when K_train fits in gram.max_dense_gb)
-    max_dense_gb: float = 8.0
-    cg_tol: float = 1e-10
-    cg_max_iter: int = 5000
-    cv_folds: int = 5  # experiment=solve chooses the ridge by this many folds of the training kernel (0: off)
-
-    def __post_init__(self) -> None:
-        _check(self.tile >= 1, "gram.tile", f"must be >= 1, got {self.tile}")
-        _check(self.num_jobs >= 1, "gram.num_jobs", f"must be >= 1, got {self.num_jobs}")
-        _check(0 <= self.job < self.num_jobs, "gram.job", f"must be in [0, gram.num_jobs={self.num_jobs}), got {self.job}")
-        _check(self.kind in ("ntk", "nngp"), "gram.kind", f"must be ntk or nngp, got {self.kind!r}")
-        _check(len(self.ridges) > 0 and min(self.ridges) >= 0, "gram.ridges", f"must be >= 0, got {self.ridges}")
-        _check(self.cv_folds == 0 or self.cv_folds >= 2, "gram.cv_folds", f"must be 0 (off) or >= 2, got {self.cv_folds}")
-        _check(self.solver in ("auto", "cholesky", "cg"), "gram.solver", f"must be auto, cholesky or cg, got {self.solver!r}")
+# -- the whole config ---------------------------------------------------------------------------
 
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = None  # one of DATA_SCHEMAS, chosen by data=NAME
     model: ModelConfig = field(default_factory=ModelConfig)
-    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
-    gram: GramConfig = field(default_factory=GramConfig)
-    seed: int = 0
-    device: str = "auto"  # auto: cuda when present, else cpu
+    experiment: Any = None  # the chosen experiment module's Config, chosen by experiment=NAME
+    device: str = "auto"  # auto: one GPU per job when CUDA is present, else cpu
     dtype: str = "float64"
-    threads: int = 0  # CPU threads of this job (numba and torch); 0: the cores this process may use
+    threads: int = 0  # CPU threads of this job (numba and torch); 0: this job's share of the cores
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.dtype in ("float32", "float64"), "dtype", f"must be float32 or float64, got {self.dtype!r}")
-        _check(self.threads >= 0, "threads", f"must be >= 0 (0: all cores this job may use), got {self.threads}")
-        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "device", "use auto, cpu or cuda[:N]")
+        check(self.dtype in ("float32", "float64"), "dtype", f"must be float32 or float64, got {self.dtype!r}")
+        check(self.threads >= 0, "threads", f"must be >= 0 (0: this job's share of the cores), got {self.threads}")
+        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "device",
+              "use auto, cpu or cuda[:N]")
 
 
 def register() -> None:
-    """Register the schemas: conf/config.yaml extends ``base_config``, each group file its schema."""
+    """Register the schemas with Hydra's ConfigStore: ``schema_config`` (conf/config.yaml),
+    ``schema_model``, ``schema_data_NAME`` and ``schema_experiment_NAME`` (the group files extend
+    them).  Stored outside the groups, so that ``--help`` lists only real options."""
+    from . import get, names
+
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
-    cs.store(group="data", name="base_data", node=DataConfig)
-    cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="experiment", name="base_experiment", node=ExperimentConfig)
+    cs.store(name="schema_config", node=Config)
+    cs.store(name="schema_model", node=ModelConfig)
+    for name, schema in DATA_SCHEMAS.items():
+        cs.store(name=f"schema_data_{name}", node=schema)
+    for name in names():
+        cs.store(name=f"schema_experiment_{name}", node=get(name).Config)

@@ -2,27 +2,42 @@
 
 Every loader returns a seeded, class-balanced subset with the paper's preprocessing: pixels
 scaled to [0, 1] (/16 for digits, /255 otherwise), then per-channel standardisation with the
-training subset's statistics.  Images are (N, C, H, W) float64 tensors, labels int64.
+training subset's statistics (computed by numpy in a fixed order, so the inputs are bit-identical
+whatever the thread count).  Images are (N, C, H, W) float64 tensors, labels int64.
+
+``Dataset.identity(part)`` says what the inputs are -- the data set, the chosen indices, the
+preprocessing and the raw bytes of the chosen images -- so that a kernel store is tied to its
+inputs' identity, never to the rounding of their preprocessing.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import pickle
 import tarfile
 import urllib.request
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .config import ConfigError, DataConfig
+from .config import DATA_SCHEMAS, ConfigError, DataConfig
 
 
 class DataMissingError(FileNotFoundError):
-    """A data set's files are not there; the message says how to get them."""
+    """A data set's files are not there, or are unreadable; the message says how to get them."""
+
+
+def data_config(name: str, **fields: Any) -> DataConfig:
+    """The schema of data set ``name`` with ``fields`` (what ``data=NAME data.KEY=...`` gives)."""
+    if name not in DATA_SCHEMAS:
+        raise ConfigError(f"data: unknown data set {name!r}: use one of {sorted(DATA_SCHEMAS)}")
+    return DATA_SCHEMAS[name](**fields)
 
 
 @dataclass
@@ -33,6 +48,18 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    provenance: dict[str, Any] = field(default_factory=dict)  # identity of the train and test parts
+
+    def identity(self, part: str) -> dict[str, Any]:
+        """What the ``part`` ("train" or "test") inputs are: data set, seed, classes, preprocessing,
+        sha256 of the chosen indices and of the chosen images' raw bytes (test inputs are
+        standardised with training statistics, so their identity includes the training part's)."""
+        ident = {k: v for k, v in self.provenance.items() if k not in ("train", "test")}
+        ident["part"] = part
+        ident.update(self.provenance[part])
+        if part == "test":
+            ident["standardized_with"] = self.provenance["train"]
+        return ident
 
 
 FASHION_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -54,24 +81,45 @@ def load(cfg: DataConfig) -> Dataset:
     """The configured data set: a class-balanced subset of n_train + n_test images."""
     if cfg.name == "digits":
         x, y = _digits()
-        x_tr, y_tr, x_te, y_te = _split_pool(x, y, cfg)
+        raw_tr, y_tr, raw_te, y_te = _split_pool(x, y, cfg)
+        scale = 16.0
     elif cfg.name == "fashion_mnist":
-        x_tr, y_tr, x_te, y_te = _fashion(cfg)
+        raw_tr, y_tr, raw_te, y_te = _fashion(cfg)
+        scale = 255.0
     elif cfg.name == "cifar10":
-        x_tr, y_tr, x_te, y_te = _cifar(cfg)
+        raw_tr, y_tr, raw_te, y_te = _cifar(cfg)
+        scale = 255.0
     else:
-        x_tr, y_tr, x_te, y_te = _sphere(cfg)
-    x_tr, y_tr = balanced_subset(x_tr, y_tr, cfg.n_train, cfg.num_classes, cfg.seed, "data.n_train", cfg.name)
-    x_te, y_te = balanced_subset(x_te, y_te, cfg.n_test, cfg.num_classes, cfg.seed + 1, "data.n_test", cfg.name)
-    if cfg.standardize and cfg.name != "sphere":
-        mean = x_tr.mean((0, 2, 3), keepdim=True)
-        std = x_tr.std((0, 2, 3), keepdim=True).clamp_min(1e-12)
+        raw_tr, y_tr, raw_te, y_te = _sphere(cfg)
+        scale = 1.0
+    i_tr = balanced_indices(y_tr, cfg.n_train, cfg.num_classes, cfg.seed, "data.n_train", cfg.name)
+    i_te = balanced_indices(y_te, cfg.n_test, cfg.num_classes, cfg.seed + 1, "data.n_test", cfg.name)
+    raw_tr, raw_te = np.ascontiguousarray(raw_tr[i_tr]), np.ascontiguousarray(raw_te[i_te])
+    standardize = bool(getattr(cfg, "standardize", False))
+    x_tr, x_te = raw_tr.astype(np.float64) / scale, raw_te.astype(np.float64) / scale
+    if standardize:
+        mean = x_tr.mean(axis=(0, 2, 3), keepdims=True)  # numpy: one fixed summation order
+        std = np.maximum(x_tr.std(axis=(0, 2, 3), ddof=1, keepdims=True), 1e-12)
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
-    return Dataset(cfg.name, x_tr, y_tr, x_te, y_te, cfg.num_classes)
+    provenance = {
+        "data": cfg.name, "seed": cfg.seed, "num_classes": cfg.num_classes,
+        "preprocessing": {"scale": f"1/{scale:g}", "standardize": standardize},
+        **{part: {"n": len(idx), "indices_sha256": _sha(np.asarray(idx, np.int64)), "raw_sha256": _sha(raw)}
+           for part, idx, raw in (("train", i_tr, raw_tr), ("test", i_te, raw_te))},
+    }
+    return Dataset(cfg.name, torch.from_numpy(x_tr), torch.as_tensor(np.asarray(y_tr)[i_tr], dtype=torch.int64),
+                   torch.from_numpy(x_te), torch.as_tensor(np.asarray(y_te)[i_te], dtype=torch.int64),
+                   cfg.num_classes, provenance)
 
 
-def balanced_subset(x, y, n: int, num_classes: int, seed: int, key: str = "n", name: str = "data"):
-    """n examples from classes 0..num_classes-1, as equal per class as n allows, seeded."""
+def _sha(a: np.ndarray) -> str:
+    h = hashlib.sha256(json.dumps([list(a.shape), str(a.dtype)]).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def balanced_indices(y, n: int, num_classes: int, seed: int, key: str = "n", name: str = "data") -> np.ndarray:
+    """Indices of n examples from classes 0..num_classes-1, as equal per class as n allows, seeded."""
     g = np.random.default_rng(seed)
     per = [n // num_classes + (1 if c < n % num_classes else 0) for c in range(num_classes)]
     idx = []
@@ -87,6 +135,12 @@ def balanced_subset(x, y, n: int, num_classes: int, seed: int, key: str = "n", n
         idx.append(g.choice(pool, size=k, replace=False))
     idx = np.concatenate(idx) if idx else np.zeros(0, dtype=int)
     g.shuffle(idx)
+    return idx
+
+
+def balanced_subset(x, y, n: int, num_classes: int, seed: int, key: str = "n", name: str = "data"):
+    """(x, y) of n examples from classes 0..num_classes-1, as equal per class as n allows, seeded."""
+    idx = balanced_indices(y, n, num_classes, seed, key, name)
     return x[torch.as_tensor(idx)], torch.as_tensor(np.asarray(y)[idx], dtype=torch.int64)
 
 
@@ -94,7 +148,7 @@ def _digits():
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return torch.tensor(d.images, dtype=torch.float64)[:, None] / 16.0, d.target
+    return d.images.astype(np.uint8)[:, None], d.target  # raw values 0..16
 
 
 def _split_pool(x, y, cfg: DataConfig):
@@ -113,8 +167,7 @@ def _split_pool(x, y, cfg: DataConfig):
             f"data.n_train={cfg.n_train} / data.n_test={cfg.n_test}: {cfg.name} holds {(~test).sum()} training "
             f"and {test.sum()} test images"
         )
-    t = torch.as_tensor(test)
-    return x[~t], y[~test], x[t], y[test]
+    return x[~test], y[~test], x[test], y[test]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -133,7 +186,12 @@ def read_idx(path: Path) -> np.ndarray:
 def _read_maybe_gz(path: Path) -> bytes:
     with open(path, "rb") as f:
         raw = f.read()
-    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as err:
+        raise ValueError(f"{path} is truncated or corrupt ({err})") from None
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -157,10 +215,19 @@ def _fashion(cfg: DataConfig):
             f"Fashion-MNIST not found in {root} (missing {missing[0]}): run 'sudo apt-get install "
             "dataset-fashion-mnist', or set data.root=DIR with the IDX files, or data.download=true (needs internet)"
         )
-    arrays = {s: read_idx(_find(root, s)) for s in FASHION_FILES}
-    x_tr = torch.tensor(arrays["train-images-idx3-ubyte"], dtype=torch.float64)[:, None] / 255.0
-    x_te = torch.tensor(arrays["t10k-images-idx3-ubyte"], dtype=torch.float64)[:, None] / 255.0
+    arrays = {}
+    for stem in FASHION_FILES:
+        try:
+            arrays[stem] = read_idx(_find(root, stem))
+        except ValueError as err:
+            raise DataMissingError(f"{err}: reinstall it (sudo apt-get install --reinstall dataset-fashion-mnist) "
+                                   "or replace the file") from None
+    x_tr, x_te = arrays["train-images-idx3-ubyte"][:, None], arrays["t10k-images-idx3-ubyte"][:, None]
     return x_tr, arrays["train-labels-idx1-ubyte"], x_te, arrays["t10k-labels-idx1-ubyte"]
+
+
+def one_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def _sha256_idx(path: Path) -> str:
@@ -221,9 +288,11 @@ def _cifar(cfg: DataConfig):
             )
         root.mkdir(parents=True, exist_ok=True)
         _download(CIFAR_URL, archive, lambda p: _md5(p) == CIFAR_MD5)
-    x_tr, y_tr, x_te, y_te = read_cifar_archive(archive)
-    to = lambda a: torch.tensor(a, dtype=torch.float64) / 255.0  # noqa: E731
-    return to(x_tr), y_tr, to(x_te), y_te
+    try:
+        return read_cifar_archive(archive)
+    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, ValueError) as err:
+        raise DataMissingError(f"{archive} is truncated or corrupt ({one_line(err)}): delete it and fetch it again "
+                               "(data.download=true)") from None
 
 
 def _sphere(cfg: DataConfig):
@@ -231,9 +300,9 @@ def _sphere(cfg: DataConfig):
     pattern of a fixed random teacher: argmax of num_classes random projections."""
     g = torch.Generator().manual_seed(cfg.seed + 999)
     n = 4 * (cfg.n_train + cfg.n_test) + 50 * cfg.num_classes
-    x = torch.randn(n, *cfg.shape, generator=g, dtype=torch.float64)
-    x = x / x.flatten(1).norm(dim=1)[:, None, None, None]
-    teacher = torch.randn(x[0].numel(), cfg.num_classes, generator=g, dtype=torch.float64)
-    y = (x.flatten(1) @ teacher).argmax(1).numpy()
+    x = torch.randn(n, *cfg.shape, generator=g, dtype=torch.float64).numpy()
+    x = x / np.sqrt((x.reshape(n, -1) ** 2).sum(1))[:, None, None, None]
+    teacher = torch.randn(x[0].size, cfg.num_classes, generator=g, dtype=torch.float64).numpy()
+    y = (x.reshape(n, -1) @ teacher).argmax(1)
     half = n // 2
     return x[:half], y[:half], x[half:], y[half:]

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out or args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths, summary = get(doc["config"]["experiment"]["name"]).plot(doc, out)
+    paths, summary = get(doc.get("experiment") or doc["config"]["experiment"]["name"]).plot(doc, out)
     if summary:
         results.write_csv(out / "summary.csv", summary)
     print("\n".join(str(p) for p in paths))

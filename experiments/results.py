@@ -71,11 +71,11 @@ def flat_provenance(prov: dict[str, Any]) -> dict[str, str]:
     return {"git_commit": prov["git_commit"], "torch": prov["versions"].get("torch", ""), "device": prov["device"]}
 
 
-def save(out_dir: str | Path, rows: list[dict[str, Any]], config: dict[str, Any], prov: dict[str, Any]) -> None:
-    """results.csv (one row per point, provenance columns appended) and results.json (config,
-    provenance, rows); each written atomically."""
-    write_csv(Path(out_dir) / RESULTS_CSV, [{**r, **flat_provenance(prov)} for r in rows])
-    doc = {"config": config, "provenance": prov, "rows": rows}
+def save(out_dir: str | Path, doc: dict[str, Any]) -> None:
+    """results.csv (one row per point, provenance columns appended) and results.json (the whole
+    document: experiment, config, choices, overrides, provenance, rows); each written atomically."""
+    prov = flat_provenance(doc["provenance"])
+    write_csv(Path(out_dir) / RESULTS_CSV, [{**r, **prov} for r in doc["rows"]])
     write_atomic(Path(out_dir) / RESULTS_JSON, json.dumps(doc, indent=1, default=float))
 
 

@@ -1,18 +1,26 @@
-"""What run.py does with a composed config: validate, load data, run, save, plot."""
+"""What run.py does with a composed config: apply the override rule, validate, load data, run,
+save, plot; and the status file of every job (jobs.csv of a sweep is built from them)."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import get, results
-from .common import resolve_device, resolve_dtype, set_seed, set_threads
+from . import get, overrides, results
+from .common import resolve_device, resolve_dtype, set_threads
 from .config import Config, ConfigError
 from .data import load
 
 log = logging.getLogger("experiments")
+JOB_STATUS = "job.json"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a one-line note of what was kept (e.g. '12 tiles kept, rerun ... to resume')."""
 
 
 def validate(dcfg: DictConfig) -> Config:
@@ -28,12 +36,43 @@ def validate(dcfg: DictConfig) -> Config:
         raise ConfigError(str(err).splitlines()[0]) from err
 
 
-def execute(dcfg: DictConfig, out_dir: str | Path, job_num: int = 0) -> dict:
+def prepare(dcfg: DictConfig, task_overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, DictConfig, list]:
+    """(typed config, config after the override rule, parsed overrides); raises ConfigError."""
+    name = OmegaConf.select(dcfg, "experiment.name")
+    try:
+        module = get(name)
+    except ValueError as err:
+        raise ConfigError(f"experiment: {err}") from None
+    ovs = overrides.parse(task_overrides)
+    dcfg = overrides.apply(dcfg, ovs, module.Config)
+    return validate(dcfg), dcfg, ovs
+
+
+def job_threads(threads: int, launcher: dict[str, Any] | None) -> int:
+    """Threads of this job: ``threads`` when set; else its share of the cores: cores / n_jobs under
+    the joblib launcher (jobs at once on this machine), cpus_per_task under submitit, else all."""
+    if threads:
+        return threads
+    from .common import available_cores
+
+    cores, target = available_cores(), str((launcher or {}).get("_target_", "")).lower()
+    if "joblib" in target:
+        n_jobs = int(launcher.get("n_jobs") or 1)
+        return max(1, cores // (cores if n_jobs < 0 else max(1, n_jobs)))
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return max(1, min(cores, int(launcher["cpus_per_task"])))
+    return cores
+
+
+def execute(dcfg: DictConfig, out_dir: str | Path, job_num: int = 0, task_overrides: list[str] | tuple[str, ...] = (),
+            choices: dict[str, str] | None = None, launcher: dict[str, Any] | None = None) -> dict:
     """Run the configured experiment and write results.{csv,json}, summary.csv, figures into out_dir.
-    job_num (Hydra's job number in a sweep) picks the GPU when device=auto."""
-    cfg = validate(dcfg)
-    set_seed(cfg.seed)
-    threads = set_threads(cfg.threads)
+
+    task_overrides: the job's overrides (Hydra's overrides.task), for the override rule and the
+    rows' override columns; choices: the group options chosen (Hydra's runtime.choices);
+    launcher: the launcher config (threads per job); job_num picks the GPU when device=auto."""
+    cfg, dcfg, ovs = prepare(dcfg, task_overrides)
+    threads = set_threads(job_threads(cfg.threads, launcher))
     device, dtype = resolve_device(cfg.device, job_num), resolve_dtype(cfg.dtype)
     exp = get(cfg.experiment.name)
     data = load(cfg.data)
@@ -42,10 +81,12 @@ def execute(dcfg: DictConfig, out_dir: str | Path, job_num: int = 0) -> dict:
     t0 = time.perf_counter()
     rows = exp.run(cfg, data, device, dtype)
     wall = time.perf_counter() - t0
-    rows = [{"experiment": cfg.experiment.name, "data": cfg.data.name, **r, "run_wall_seconds": round(wall, 3)}
+    columns = overrides.columns(dcfg, ovs, choices)
+    rows = [{"experiment": cfg.experiment.name, "data": cfg.data.name, **columns, **r, "run_wall_seconds": round(wall, 3)}
             for r in rows]
-    config = OmegaConf.to_container(dcfg, resolve=True)
-    results.save(out_dir, rows, config, results.provenance(device, threads))
+    doc = {"experiment": cfg.experiment.name, "config": OmegaConf.to_container(dcfg, resolve=True), "choices": dict(choices or {}), "overrides": columns,
+           "provenance": results.provenance(device, threads), "rows": rows}
+    results.save(out_dir, doc)
     paths, summary = exp.plot(results.load(out_dir), out_dir)
     if summary:
         results.write_csv(Path(out_dir) / "summary.csv", summary)
@@ -53,3 +94,16 @@ def execute(dcfg: DictConfig, out_dir: str | Path, job_num: int = 0) -> dict:
     log.info("wrote %s into %s (%.1f s)", ", ".join(written), out_dir, wall)
     return {"rows": rows, "figures": paths, "summary": summary}
 
+
+def write_status(out_dir: str | Path, status: str, task_overrides: list[str], seconds: float, error: str = "") -> None:
+    """job.json: how this job ended ('ok', 'failed', 'interrupted'), its overrides and one-line error."""
+    results.write_atomic(Path(out_dir) / JOB_STATUS, json.dumps(
+        {"status": status, "error": error, "overrides": list(task_overrides), "seconds": round(seconds, 3)}, indent=1))
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its message's first line, with the type when the message alone is unclear."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    if isinstance(err, (ConfigError, FileNotFoundError, PermissionError)) and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -10,7 +10,7 @@
 # Step 1 (gram) computes every kernel matrix in tiles, JOBS_PER_KERNEL Hydra jobs per kernel (with
 # local_parallel also the processes at once, each with nproc / JOBS threads), and
 # is resumable: rerun the same command after a crash or a preemption.  Step 2 (solve) runs kernel
-# regression on each store (ridges from gram.ridges): accuracy with no ridge (the paper's setting)
+# regression on each store (ridges from experiment.ridges): accuracy with no ridge (the paper's setting)
 # and with the ridge chosen by cross-validation on the training kernel; the table lands in the solve
 # sweep folder's table.md (and summary.csv).
 set -euo pipefail
@@ -29,9 +29,9 @@ if [[ "$LAUNCHER" == local_parallel ]]; then
     THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 )); PARALLEL=(hydra.launcher.n_jobs="$JOBS")
 fi
 COMMON=(data="$DATA" data.n_train="$NTR" data.n_test="$NTE" model=cnn_gap "model.readout=gap,flatten"
-        "model.depth=3,4,6,11,21" dtype=float32 gram.tile=128 "$@")
+        "model.depth=3,4,6,11,21" dtype=float32 "$@")
 echo "== gram: $OUT/gram" >&2
-"$PY" run.py -m experiment=gram "${COMMON[@]}" gram.job="$JOBLIST" gram.num_jobs="$JOBS" \
+"$PY" run.py -m experiment=gram "${COMMON[@]}" experiment.tile=128 experiment.job="$JOBLIST" experiment.num_jobs="$JOBS" \
     threads="$THREADS" hydra/launcher="$LAUNCHER" "${PARALLEL[@]}" hydra.sweep.dir="$OUT/gram"
 echo "== solve: $OUT/solve" >&2
 "$PY" run.py -m experiment=solve "${COMMON[@]}" hydra.sweep.dir="$OUT/solve"

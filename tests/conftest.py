@@ -31,3 +31,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    """An unsigned-byte IDX file's bytes (the Fashion-MNIST format)."""
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def write_fashion(root, n_train=60, n_test=40, gz=True) -> dict:
+    """Small Fashion-MNIST-format files (random 28x28 images, labels 0..9 in turn) under root."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    files = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+    }
+    for stem, arr in files.items():
+        data = idx_bytes(arr)
+        (root / (stem + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)
+    return files

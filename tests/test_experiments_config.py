@@ -1,14 +1,15 @@
-"""Hydra composition of every experiment config, and bad configs failing at start with the key named."""
+"""Hydra composition of every experiment config, discovery, and bad configs failing at start with
+one line naming the key."""
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from experiments.config import EXPERIMENTS, ConfigError, register
-from experiments.runner import validate
+import experiments
+from experiments.config import ConfigError, ExperimentConfig, register
+from experiments.runner import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 register()
@@ -19,65 +20,99 @@ def _compose(overrides):
         return compose(config_name="config", overrides=overrides)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+def _validate(overrides):
+    return prepare(_compose(overrides), overrides)[0]
+
+
+@pytest.mark.parametrize("name", experiments.names())
 @pytest.mark.parametrize("data", ["digits", "fashion_mnist", "cifar10", "sphere"])
 @pytest.mark.parametrize("model", ["cnn_gap", "cnn_v", "fc"])
 def test_every_experiment_composes(name, data, model):
-    cfg = validate(_compose([f"experiment={name}", f"data={data}", f"model={model}"]))
-    assert cfg.experiment.name == name and cfg.data.name == data
+    cfg = _validate([f"experiment={name}", f"data={data}", f"model={model}"])
+    assert cfg.experiment.name == name and cfg.data.name == data and type(cfg.experiment).NAME == name
 
 
-def test_experiment_files_match_the_schema():
+def test_experiments_are_discovered_from_their_files():
+    """Each conf/experiment/NAME.yaml has a module with its own schema, run, plot and smoke test."""
     files = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-    assert files == sorted(EXPERIMENTS)
+    assert experiments.names() == files and len(files) >= 6
+    for name in files:
+        module = experiments.get(name)
+        assert issubclass(module.Config, ExperimentConfig) and module.Config.NAME == name
+        assert callable(module.run) and callable(module.plot) and callable(module.smoke)
+        assert f"/schema_experiment_{name}@experiment" in (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
+
+
+def test_help_lists_only_real_options():
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help"], capture_output=True, text=True, timeout=120)
+    groups = proc.stdout.split("== Config ==")[0]
+    assert "experiment: gram, kernel_vs_network" in groups and "schema" not in groups and "base_" not in groups
 
 
 @pytest.mark.parametrize(
-    "override, key",
+    "overrides, key",
     [
-        ("model.width=0", "model.width"),
-        ("model.depth=1", "model.depth"),
-        ("model.readout=max", "model.readout"),
-        ("experiment.widths=[0,4]", "experiment.widths"),
-        ("experiment.lr_fraction=3", "experiment.lr_fraction"),
-        ("dtype=float16", "dtype"),
-        ("threads=-1", "threads"),
-        ("gram.cv_folds=1", "gram.cv_folds"),
+        (["model.width=0"], "model.width"),
+        (["model.depth=1"], "model.depth"),
+        (["model.readout=max"], "model.readout"),
+        (["experiment.widths=[0,4]"], "experiment.widths"),
+        (["experiment=prediction_equivalence", "experiment.lr_fraction=3"], "experiment.lr_fraction"),
+        (["dtype=float16"], "dtype"),
+        (["threads=-1"], "threads"),
+        (["experiment=solve", "experiment.cv_folds=1"], "experiment.cv_folds"),
+        (["experiment.name=gram"], "experiment.name"),
+        (["data.name=sphere"], "data.name"),
+        (["model.depth=5", "experiment.depths=[3]"], "model.depth"),
+        (["data.n_test=4"], "data.n_test"),  # ntk_convergence has no test set
+        (["experiment=gram", "model.width=8"], "model.width"),  # the exact kernel has no width
+        (["model=fc", "model.readout=flatten"], "model.readout"),
+        (["model=fc", "model.filter_size=5"], "model.filter_size"),
     ],
 )
-def test_impossible_values_name_the_key(override, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(_compose([override]))
+def test_impossible_or_ineffective_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match="^" + key.replace(".", r"\.") + ": "):
+        _validate(overrides)
 
 
 @pytest.mark.parametrize(
     "override, words",
     [
-        ("model.widht=3", "Key 'widht' not in 'ModelConfig'"),
+        ("model.widht=3", "model.widht is not a setting of this config"),
+        ("experiment.tile=64", "experiment.tile is not a setting of this config"),  # a gram key, not ntk_convergence's
+        ("data.shape=[1,4,4]", "data.shape is not a setting of this config"),  # sphere's key, not digits'
         ("model.width=abc", "could not be converted to Integer"),
         ("data=mnist", "Could not find 'data/mnist'"),
         ("data.n_train=5000", "data.n_train=5000"),
         ("model.width=0", "model.width: must be >= 1"),
     ],
 )
-def test_run_py_fails_at_start_with_a_clear_message(override, words, tmp_path):
+def test_run_py_fails_at_start_with_one_line(override, words, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), override, f"hydra.run.dir={tmp_path}"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert proc.returncode != 0
-    assert words in proc.stderr, proc.stderr
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and words in lines[-1], proc.stderr
+    assert not any("Traceback" in ln or "Error executing job" in ln for ln in lines), proc.stderr
     assert not (tmp_path / "results.csv").exists()
 
 
-def test_device_auto_gives_each_job_its_own_gpu(monkeypatch):
+def test_device_auto_gives_each_job_its_own_gpu_and_jobs_share_the_cores(monkeypatch):
     import torch
 
+    from experiments import common
     from experiments.common import resolve_device, set_threads
+    from experiments.runner import job_threads
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto", job_num=3) == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert [resolve_device("auto", j) for j in (0, 1, 5)] == [torch.device("cuda", i) for i in (0, 1, 1)]
+    monkeypatch.setattr(common, "available_cores", lambda: 8)
+    joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}
+    submitit = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "cpus_per_task": 3}
+    assert job_threads(0, joblib) == 4 and job_threads(0, {**joblib, "n_jobs": -1}) == 1
+    assert job_threads(0, submitit) == 3 and job_threads(0, None) == 8 and job_threads(5, joblib) == 5
     before = torch.get_num_threads()
     try:
         assert set_threads(1) == 1 and torch.get_num_threads() == 1

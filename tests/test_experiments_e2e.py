@@ -1,23 +1,20 @@
-"""Tiny end-to-end runs of every experiment through run.py, a 2-job joblib multirun with its
-aggregation, and the atomicity of results files."""
+"""Every experiment found in conf/experiment/ end to end through run.py at its smallest size; sweeps
+that survive failing jobs, keep settings apart and every job's config; Ctrl-C and killed sweeps;
+atomic results files."""
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import experiments
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "ntk_convergence": ["experiment.widths=[8,16,32]", "experiment.seeds=[0,1]", "experiment.n_points=4",
-                        "experiment.readouts=[gap]", "data.n_train=20", "data.n_test=10"],
-    "prediction_equivalence": ["experiment.widths=[16,64]", "experiment.seeds=[0]", "experiment.steps=10",
-                               "data.n_train=8", "data.n_test=6"],
-    "kernel_vs_network": ["experiment.widths=[8]", "experiment.depths=[3]", "experiment.readouts=[gap,flatten]",
-                          "experiment.sgd_epochs=2", "data.n_train=30", "data.n_test=20"],
-    "monte_carlo_vs_exact": ["experiment.widths=[8,16]", "experiment.seeds=[0]", "data.n_train=20", "data.n_test=10"],
-}
 
 
 def run_py(*args, cwd, check=True):
@@ -33,34 +30,134 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_experiment_end_to_end(name, tmp_path):
-    out = tmp_path / "run"
-    run_py(f"experiment={name}", *TINY[name], f"hydra.run.dir={out}", cwd=tmp_path)
+@pytest.mark.parametrize("name", experiments.names())
+def test_every_experiment_runs_end_to_end(name, tmp_path):
+    runs = experiments.get(name).smoke(tmp_path)
+    for i, overrides in enumerate(runs):
+        run_py(*overrides, f"hydra.run.dir={tmp_path / f'run{i}'}", cwd=tmp_path)
+    out = tmp_path / f"run{len(runs) - 1}"
     rows = _rows(out / "results.csv")
     assert rows and all(r["experiment"] == name for r in rows)
     for col in ("git_commit", "torch", "device", "run_wall_seconds"):
         assert rows[0][col], col
     doc = json.loads((out / "results.json").read_text())
-    assert doc["config"]["experiment"]["name"] == name and doc["provenance"]["versions"]["torch"]
-    assert (out / f"{name}.png").stat().st_size > 10_000 and (out / f"{name}.pdf").exists()
-    assert (out / "run.log").exists() or any(out.glob("*.log"))
-    assert not list(out.glob(".*.tmp"))
+    assert doc["experiment"] == name and doc["provenance"]["versions"]["torch"] and doc["overrides"]
+    assert json.loads((out / "job.json").read_text())["status"] == "ok"
+    for png in out.glob("*.png"):
+        assert png.stat().st_size > 10_000 and png.with_suffix(".pdf").exists()
+    assert (out / "run.log").exists() and not list(out.glob(".*.tmp"))
 
 
-def test_joblib_multirun_and_aggregation(tmp_path):
+TINY = ["experiment.widths=[4,8,16]", "experiment.seeds=[0]", "data.n_train=3"]
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """joblib sweep over model.depth=1,3 (one impossible) and a store path that is a file (a runtime
+    error): the good job runs, every failure is in jobs.csv and its run.log, aggregation runs."""
     sweep = tmp_path / "sweep"
-    run_py("-m", "hydra/launcher=local_parallel", "experiment.seeds=[0],[1]", *TINY["ntk_convergence"][:1],
-           *TINY["ntk_convergence"][2:], f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    jobs = _rows(sweep / "jobs.csv")
-    assert [j["status"] for j in jobs] == ["ok", "ok"]
+    run_py("-m", "hydra/launcher=local_parallel", "model.depth=1,3", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = {j["overrides"].split("model.depth=")[1].split()[0]: j for j in _rows(sweep / "jobs.csv")}
+    assert jobs["3"]["status"] == "ok" and jobs["1"]["status"] == "failed"
+    assert jobs["1"]["error"].startswith("model.depth: depth must be >= 2")
+    failed = sweep / jobs["1"]["job"]
+    assert "model.depth: depth must be >= 2" in (failed / "run.log").read_text()
+    assert {r["depth"] for r in _rows(sweep / "results.csv")} == {"3"} and (sweep / "ntk_convergence.png").exists()
+
+    (tmp_path / "a_file").write_text("not a folder")
+    sweep2 = tmp_path / "sweep2"
+    run_py("-m", "experiment=gram", "data.n_train=6", "data.n_test=2",
+           f"experiment.store={tmp_path / 'a_file' / 'store'},{tmp_path / 'ok_store'}", f"hydra.sweep.dir={sweep2}",
+           cwd=tmp_path)
+    status = sorted(j["status"] for j in _rows(sweep2 / "jobs.csv"))
+    assert status == ["failed", "ok"] and (sweep2 / "results.csv").exists()
+    bad = next(j for j in _rows(sweep2 / "jobs.csv") if j["status"] == "failed")
+    assert "a_file" in bad["error"] and "a_file" in (sweep2 / bad["job"] / "run.log").read_text()
+    # aggregating by hand reports the failure and keeps the finished job
+    proc = subprocess.run([sys.executable, "-m", "experiments.aggregate", str(sweep2)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 1 and "1 jobs ok, 1 failed" in proc.stdout
+
+
+def test_settings_are_never_pooled_and_every_job_config_is_kept(tmp_path):
+    """Two kappas in one sweep: two fits, each labelled; rows carry the override; both configs kept."""
+    sweep = tmp_path / "sweep"
+    run_py("-m", "experiment=prediction_equivalence", "experiment.output_scale=0.5,1.0", "experiment.widths=[8,16,32]",
+           "experiment.seeds=[0]", "experiment.steps=3", "data.n_train=6", "data.n_test=4", f"hydra.sweep.dir={sweep}",
+           cwd=tmp_path)
     rows = _rows(sweep / "results.csv")
-    assert {r["seed"] for r in rows} == {"0", "1"} and (sweep / "ntk_convergence.png").exists()
-    # a job whose results are lost is reported, not silently dropped
-    (sweep / "1" / "results.json").unlink()
-    proc = subprocess.run([sys.executable, "-m", "experiments.aggregate", str(sweep)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 1 and "1 failed" in proc.stdout and "job 1 failed" in proc.stderr
+    assert {r["experiment.output_scale"] for r in rows} == {"0.5", "1.0"}
+    assert {r["setting"] for r in rows} == {"experiment.output_scale=0.5", "experiment.output_scale=1.0"}
+    summary = _rows(sweep / "summary.csv")
+    assert sorted({s["setting"] for s in summary}) == ["experiment.output_scale=0.5", "experiment.output_scale=1.0"]
+    doc = json.loads((sweep / "results.json").read_text())
+    assert doc["settings"] == ["experiment.output_scale"]
+    assert sorted(j["config"]["experiment"]["output_scale"] for j in doc["jobs"]) == [0.5, 1.0]
+    # seeds split over jobs are replicates, not settings: one fit over both jobs' seeds
+    sweep2 = tmp_path / "sweep2"
+    run_py("-m", "experiment.seeds=[0],[1]", *TINY[:1], "data.n_train=3", "experiment.readouts=[gap]",
+           f"hydra.sweep.dir={sweep2}", cwd=tmp_path)
+    summary = _rows(sweep2 / "summary.csv")
+    assert {s["setting"] for s in summary} == {""} and {s["n_points"] for s in summary} == {"6"}
+
+
+def _alive(pids):
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.append(pid)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
+def test_killing_a_sweep_leaves_no_worker(tmp_path):
+    """SIGKILL of a joblib sweep's parent: its workers (busy or idle) are gone within seconds and
+    stop writing tiles."""
+    from experiments.reaper import descendants
+
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=local_parallel",
+                             "hydra.launcher.n_jobs=3", "experiment=gram", "data.n_train=200", "data.n_test=16",
+                             "model.depth=4", "experiment.tile=2", f"experiment.store={store}", "experiment.job=0,1",
+                             "experiment.num_jobs=2", "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    tiles = store / "train" / "tiles"
+    while time.time() < deadline and len(list(tiles.glob("*.sha256"))) < 20:
+        time.sleep(0.05)
+    workers = descendants(proc.pid)
+    assert len(workers) >= 3, "the sweep's workers must be running before the kill"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 5
+    while _alive(workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(workers), f"workers still running 5 s after the kill: {_alive(workers)}"
+    done = len(list(tiles.glob("*.sha256")))
+    time.sleep(1.0)
+    assert len(list(tiles.glob("*.sha256"))) == done < 20000
+
+
+def test_ctrl_c_ends_with_one_line_and_resumes(tmp_path):
+    store = tmp_path / "store"
+    args = ["experiment=gram", "data.n_train=200", "data.n_test=16", "model.depth=4", "experiment.tile=2",
+            f"experiment.store={store}", "progress=false"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'a'}"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((store / "train" / "tiles").glob("*.sha256"))) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: ") and "tiles kept, rerun the same command to resume" in last, err
+    assert "Traceback" not in err
+    kept = int(last.split()[1])
+    assert kept >= 5 and json.loads((tmp_path / "a" / "job.json").read_text())["status"] == "interrupted"
 
 
 def test_a_crashing_run_leaves_no_results_file(tmp_path, monkeypatch):
@@ -84,8 +181,6 @@ def test_a_crashing_run_leaves_no_results_file(tmp_path, monkeypatch):
 
 
 def test_write_atomic_never_leaves_half_a_file(tmp_path, monkeypatch):
-    import os
-
     from experiments import results
 
     results.write_atomic(tmp_path / "r.csv", "old")

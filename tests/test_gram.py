@@ -13,8 +13,7 @@ import torch
 import cntk
 from cntk.regression import cross_validate_ridge
 from cntk.tiles import TileStore
-from experiments.config import DataConfig
-from experiments.data import load
+from experiments.data import data_config, load
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["data.n_train=40", "data.n_test=16"]
@@ -29,7 +28,7 @@ def run_py(*args, cwd, check=True, **kw):
 
 
 def _direct(n_train=40, n_test=16, depth=3, readout="gap"):
-    d = load(DataConfig(name="digits", n_train=n_train, n_test=n_test))
+    d = load(data_config("digits", n_train=n_train, n_test=n_test))
     arch = cntk.Architecture(depth=depth, readout=readout)
     return cntk.kernel(d.x_train, None, arch).numpy(), cntk.kernel(d.x_test, d.x_train, arch).numpy()
 
@@ -74,7 +73,7 @@ def test_corrupted_and_truncated_tiles_are_detected_and_recomputed(tmp_path):
 
 def test_killed_gram_run_resumes_and_recomputes_only_missing_tiles(tmp_path):
     store = tmp_path / "store"
-    args = ["experiment=gram", *DATA, "model.depth=4", "gram.tile=2", f"gram.store={store}"]  # 370 small tiles
+    args = ["experiment=gram", *DATA, "model.depth=4", "experiment.tile=2", f"experiment.store={store}"]  # 370 small tiles
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, "progress=false",
                              f"hydra.run.dir={tmp_path / 'killed'}"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -107,8 +106,8 @@ def test_joblib_and_submitit_local_give_identical_stores_and_solve(tmp_path):
     stores = {}
     for launcher in ("local_parallel", "submitit_local_preset"):
         store = tmp_path / launcher
-        run_py("-m", f"hydra/launcher={launcher}", "experiment=gram", *DATA, "gram.tile=8", "gram.job=0,1",
-               "gram.num_jobs=2", f"gram.store={store}", f"hydra.sweep.dir={tmp_path / ('sweep_' + launcher)}",
+        run_py("-m", f"hydra/launcher={launcher}", "experiment=gram", *DATA, "experiment.tile=8", "experiment.job=0,1",
+               "experiment.num_jobs=2", f"experiment.store={store}", f"hydra.sweep.dir={tmp_path / ('sweep_' + launcher)}",
                cwd=tmp_path)
         stores[launcher] = store
     a, b = (sorted((s / "train" / "tiles").glob("*.npy")) for s in stores.values())
@@ -120,12 +119,12 @@ def test_joblib_and_submitit_local_give_identical_stores_and_solve(tmp_path):
     # solve: Cholesky and CG agree with a direct kernel regression
     for solver in ("cholesky", "cg"):
         out = tmp_path / f"solve_{solver}"
-        run_py("experiment=solve", *DATA, "gram.tile=8", f"gram.store={stores['local_parallel']}",
-               f"gram.solver={solver}", "gram.ridges=[0.001]", f"hydra.run.dir={out}", cwd=tmp_path)
+        run_py("experiment=solve", *DATA, f"experiment.store={stores['local_parallel']}",
+               f"experiment.solver={solver}", "experiment.ridges=[0.001]", f"hydra.run.dir={out}", cwd=tmp_path)
         import csv
 
         row = list(csv.DictReader(open(out / "results.csv")))[0]
-        d = load(DataConfig(name="digits", n_train=40, n_test=16))
+        d = load(data_config("digits", n_train=40, n_test=16))
         direct = cntk.accuracy(cntk.kernel_regression(torch.tensor(k), cntk.paper_targets(d.y_train, 10), ridge=1e-3)
                                .predict(torch.tensor(kt)), d.y_test)
         assert float(row["accuracy"]) == pytest.approx(direct) and float(row["residual"]) < 1e-8
@@ -143,15 +142,66 @@ def test_ray_launcher_gives_the_direct_kernel(tmp_path):
     """The optional Ray preset (pip install -e .[ray]); skipped where hydra-ray-launcher is absent."""
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="optional extra: pip install -e .[ray]")
     store = tmp_path / "ray"
-    run_py("-m", "hydra/launcher=ray_preset", "experiment=gram", *DATA, "gram.tile=8", "gram.job=0,1",
-           "gram.num_jobs=2", "threads=1", f"gram.store={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    run_py("-m", "hydra/launcher=ray_preset", "experiment=gram", *DATA, "experiment.tile=8", "experiment.job=0,1",
+           "experiment.num_jobs=2", "threads=1", f"experiment.store={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     k, kt = _direct()
     np.testing.assert_allclose(TileStore.load(store / "train").assemble(), k, rtol=1e-12)
     np.testing.assert_allclose(TileStore.load(store / "test_train").assemble(), kt, rtol=1e-12)
 
 
+def test_gram_resume_and_solve_agree_with_any_thread_count(tmp_path):
+    """The store is tied to the inputs' identity: gram with threads=1, resume and solve with threads=2
+    (float64 Fashion-MNIST-format data, n_train >= 42, where a thread-dependent reduction used to
+    change the standardised inputs' last bits)."""
+    from conftest import write_fashion
+
+    write_fashion(tmp_path, n_train=120, n_test=30)
+    data = ["data=fashion_mnist", f"data.root={tmp_path}", "data.n_train=60", "data.n_test=20"]
+    store = tmp_path / "store"
+    run_py("experiment=gram", *data, "experiment.tile=32", f"experiment.store={store}", "threads=1",
+           f"hydra.run.dir={tmp_path / 'g1'}", cwd=tmp_path)
+    run_py("experiment=gram", *data, "experiment.tile=32", f"experiment.store={store}", "threads=2",
+           f"hydra.run.dir={tmp_path / 'g2'}", cwd=tmp_path)
+    import csv
+
+    assert {r["state_before"] for r in csv.DictReader(open(tmp_path / "g2" / "results.csv"))} == {"done"}
+    run_py("experiment=solve", *data, f"experiment.store={store}", "threads=2", f"hydra.run.dir={tmp_path / 's'}",
+           cwd=tmp_path)
+    assert float(next(csv.DictReader(open(tmp_path / "s" / "results.csv")))["accuracy"]) >= 0
+    # other images (another seed) are refused, naming what differs
+    proc = run_py("experiment=solve", *data, "data.seed=1", f"experiment.store={store}",
+                  f"hydra.run.dir={tmp_path / 's2'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "these inputs are not the ones" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_unwritable_or_corrupt_stores_are_one_line(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.config import ConfigError, register
+    from experiments.runner import execute
+
+    register()
+    overrides = ["experiment=gram", *DATA, f"experiment.store={tmp_path / 'store'}", "progress=false"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "store" / "train" / "tiles" / "r0_c0.npy"))
+
+    monkeypatch.setattr(TileStore, "write_tile", denied)
+    with pytest.raises(ConfigError, match=r"^experiment.store: cannot write to .*r0_c0.npy \(Permission denied\): set "
+                                          r"experiment.store=DIR to a writable folder$"):
+        execute(cfg, tmp_path / "run", task_overrides=overrides)
+    monkeypatch.undo()
+    meta = tmp_path / "store" / "train" / "meta.json"
+    meta.write_text(meta.read_text()[:40])  # truncated
+    proc = run_py(*overrides, f"hydra.run.dir={tmp_path / 'r2'}", cwd=tmp_path, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "meta.json is unreadable" in last and str(tmp_path / "store") in last
+
+
 def test_solve_without_a_store_says_what_to_do(tmp_path):
-    proc = run_py("experiment=solve", *DATA, f"gram.store={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'r'}",
+    proc = run_py("experiment=solve", *DATA, f"experiment.store={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'r'}",
                   cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "run experiment=gram first" in proc.stderr
 
@@ -165,9 +215,9 @@ def test_solve_table_reports_no_ridge_and_the_cross_validated_ridge(tmp_path):
     for readout in ("gap", "flatten"):
         for depth in (3, 21):
             for ridge, cv, acc in ((0.0, 0.50, 0.70), (1e-3, 0.60, 0.65), (1e-2, 0.60, 0.90)):
-                rows.append({"readout": readout, "depth": depth, "ridge": ridge, "cv_accuracy": cv, "accuracy": acc,
+                rows.append({"data": "digits", "readout": readout, "depth": depth, "ridge": ridge, "cv_accuracy": cv, "accuracy": acc,
                              "n_train": 10, "n_test": 10, "paper_cifar10": solve.PAPER_TABLE1[readout][depth]})
-    doc = {"rows": rows, "config": {"data": {"name": "digits"}}}
+    doc = {"rows": rows}
     paths, summary = solve.plot(doc, tmp_path)
     assert {p.name for p in paths} == {"table1.png", "table1.pdf"}
     for s in summary:

@@ -1,0 +1,132 @@
+"""The override rule: every key a user overrides either changes what is computed (and shows in the
+result rows) or is refused at start with one line naming the key to use instead.
+
+- ``model.readout`` / ``model.depth`` / ``model.width`` (set directly, or by choosing ``model=NAME``,
+  whose file sets family and readout) become the one-value grid of an experiment that sweeps
+  ``experiment.readouts`` / ``depths`` / ``widths``; setting both is refused.
+- fc nets have no readout and no filter: those keys are refused with ``model.family=fc``.
+- An experiment's ``REFUSED`` keys (e.g. ``model.width`` for the exact-kernel ``gram``) are refused.
+- Every overridden key (except where and how fast to run: device, threads, progress) becomes a
+  column of every result row of its job, with its value; a sweep's aggregation separates rows
+  by every such key whose value differs between jobs (``settings``), except the experiment's AXES
+  (already row columns: width, depth, readout, seed) and PARTITION keys (work split over jobs).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from . import CONF_DIR
+from .config import ConfigError, GridExperiment
+
+ENVIRONMENT_KEYS = ("device", "threads", "progress")  # where and how fast, not what
+GROUPS = ("data", "model", "experiment")
+GRID = {"readout": "readouts", "depth": "depths", "width": "widths"}
+
+
+@dataclass(frozen=True)
+class Override:
+    key: str  # "model.depth", or a group name for a group choice ("model", "data")
+    value: str  # as typed
+    is_group: bool
+
+
+def parse(task_overrides: list[str] | tuple[str, ...]) -> list[Override]:
+    """The task overrides of one job (Hydra's ``overrides.task``: sweeps already expanded)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for ov in OverridesParser.create().parse_overrides(list(task_overrides)):
+        key = ov.key_or_group
+        if key.startswith("hydra") or ov.is_delete():
+            continue
+        out.append(Override(key, ov.get_value_element_as_str(), key in GROUPS or "/" in key))
+    return out
+
+
+def explicit_keys(overrides: list[Override]) -> set[str]:
+    """Config keys the user set: direct overrides, and the fields a chosen model file sets."""
+    keys = set()
+    for ov in overrides:
+        if not ov.is_group:
+            keys.add(ov.key)
+        elif ov.key == "model":
+            path = CONF_DIR / "model" / f"{ov.value}.yaml"
+            fields = yaml.safe_load(path.read_text()) if path.exists() else {}
+            keys |= {f"model.{k}" for k in (fields or {}) if k != "defaults"}
+    return keys
+
+
+def apply(dcfg: DictConfig, overrides: list[Override], schema: type) -> DictConfig:
+    """The config with explicit model keys turned into one-value grids; refuses what has no effect."""
+    explicit = explicit_keys(overrides)
+    name = OmegaConf.select(dcfg, "experiment.name")
+    for key in sorted(explicit):
+        if key in schema.REFUSED:
+            raise ConfigError(f"{key}: {schema.REFUSED[key]}")
+    family = OmegaConf.select(dcfg, "model.family")
+    if family == "fc":
+        for key in ("model.readout", "model.filter_size", "experiment.readouts"):
+            if key in explicit and (key != "experiment.readouts" or issubclass(schema, GridExperiment)):
+                raise ConfigError(f"{key}: fully-connected nets (model.family=fc) have no readout or filter: remove it")
+    if not issubclass(schema, GridExperiment):
+        return dcfg
+    dcfg = dcfg.copy()
+    with open_dict(dcfg):
+        for field, axis in GRID.items():
+            if f"model.{field}" in explicit:
+                if f"experiment.{axis}" in explicit:
+                    raise ConfigError(f"model.{field}: {name} sweeps experiment.{axis}, which is set too: keep one "
+                                      f"(model.{field}=V is the same as experiment.{axis}=[V])")
+                dcfg.experiment[axis] = [dcfg.model[field]]
+        if family == "fc":
+            dcfg.experiment.readouts = [dcfg.model.readout]  # one pass: an fc net has no readout choice
+    return dcfg
+
+
+def columns(dcfg: DictConfig, overrides: list[Override], choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """The override columns of this job's rows: key -> value (a group choice -> the option's name;
+    lists as JSON text so that they compare and print as one value)."""
+    out: dict[str, Any] = {}
+    for ov in overrides:
+        if ov.key in ENVIRONMENT_KEYS or ov.key == "experiment":
+            continue
+        out[ov.key] = (choices or {}).get(ov.key, ov.value) if ov.is_group else _cell(OmegaConf.select(dcfg, ov.key))
+    return out
+
+
+def _cell(value: Any) -> Any:
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def value_of(doc: dict[str, Any], key: str) -> Any:
+    """The value of ``key`` in one job's results document (config and group choices)."""
+    if key in doc.get("choices", {}):
+        return doc["choices"][key]
+    node: Any = doc["config"]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return _cell(node)
+
+
+def settings(docs: list[dict[str, Any]], schema: type) -> list[str]:
+    """Keys overridden in some job whose value differs between jobs and that are not already told
+    apart by a row column (AXES) or split the work of one computation (PARTITION)."""
+    keys: list[str] = []
+    for d in docs:
+        keys += [k for k in d.get("overrides", {}) if k not in keys]
+    ignore = set(schema.AXES) | set(schema.PARTITION) | set(ENVIRONMENT_KEYS)
+    return [k for k in keys if k not in ignore and len({json.dumps(value_of(d, k), default=str) for d in docs}) > 1]
+
+
+def label(values: dict[str, Any]) -> str:
+    """'key=value, key=value' of a row's settings ('' when there are none)."""
+    return ", ".join(f"{k}={v}" for k, v in values.items())

@@ -1,0 +1,111 @@
+"""The override rule, walked: for every experiment found in conf/experiment/ and every model key (and
+the experiment's own grid keys), an override either changes what is computed -- the rows differ
+from the experiment's smallest run and carry the override as a column -- or is refused at start
+with one line naming a key.  Nothing is ever silently ignored."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+import experiments
+from experiments.config import ConfigError, GridExperiment, register
+from experiments.runner import execute
+
+ROOT = Path(__file__).resolve().parents[1]
+register()
+
+# a valid value different from every smoke run's; None: no other valid value exists
+MODEL = {"model.family": "fc", "model.depth": 4, "model.readout": "flatten", "model.fix_first_last": True,
+         "model.filter_size": 5, "model.activation": None, "model.width": 6, "model": "cnn_v"}
+GRID = {"experiment.widths": "[5,10,20]", "experiment.depths": "[4]", "experiment.readouts": "[flatten]",
+        "experiment.seeds": "[7]"}
+# the overrides that are refused, by design, and the key their message names
+REFUSED = {
+    ("gram", "model.width"): "model.width", ("solve", "model.width"): "model.width",
+    ("prediction_equivalence", "model.fix_first_last"): "model.fix_first_last",  # depth 2: nothing left to train
+}
+GRID_OF = {"model.depth": "depths", "model.readout": "readouts", "model.width": "widths"}
+TIMING = ("run_wall_seconds", "seconds", "seconds_empirical", "seconds_exact", "store")
+
+
+def _run(overrides: list[str], out: Path) -> list[dict]:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return execute(cfg, out, task_overrides=overrides, choices=choices)["rows"]
+
+
+def _sequence(name: str, tmp: Path, extra: list[str]) -> list[dict]:
+    """The experiment's smoke runs (e.g. gram then solve) with ``extra`` added to each; the last run's rows.
+    An explicit model.depth / readout / width replaces the smoke run's experiment.depths / ... (both
+    set is refused by design: tests/test_experiments_config.py)."""
+    replaced = {f"experiment.{GRID_OF[k.split('=')[0]]}" for k in extra if k.split("=")[0] in GRID_OF}
+    rows = []
+    for i, overrides in enumerate(experiments.get(name).smoke(tmp)):
+        kept = [o for o in overrides if o.split("=")[0] not in replaced]
+        rows = _run([*kept, *extra, "progress=false", "threads=1"], tmp / f"run{i}")
+    return rows
+
+
+def _content(rows: list[dict], drop: set[str]) -> list[str]:
+    return sorted(json.dumps({k: v for k, v in r.items() if k not in drop and k not in TIMING}, sort_keys=True,
+                             default=str) for r in rows)
+
+
+def _cases():
+    for name in experiments.names():
+        keys = dict(MODEL)
+        if issubclass(experiments.get(name).Config, GridExperiment):
+            keys.update(GRID)
+        for key, value in keys.items():
+            yield pytest.param(name, key, value, id=f"{name}-{key}")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = _sequence(name, tmp_path_factory.mktemp(f"base_{name}"), [])
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name, key, value", list(_cases()))
+def test_every_override_changes_the_rows_or_is_refused(name, key, value, baseline, tmp_path, one_thread):
+    if value is None:  # no other valid value (model.activation: ReLU only): any other is refused, naming the key
+        with pytest.raises(ConfigError, match=f"^{key.replace('.', '[.]')}: "):
+            _sequence(name, tmp_path, [f"{key}=tanh"])
+        return
+    override = f"{key}={value}"
+    if (name, key) in REFUSED:
+        with pytest.raises(ConfigError, match=f"^{REFUSED[name, key].replace('.', '[.]')}: "):
+            _sequence(name, tmp_path, [override])
+        assert not list(tmp_path.rglob("results.json"))  # refused at start: nothing written
+        return
+    base = baseline(name)
+    rows = _sequence(name, tmp_path, [override])
+    column = {json.dumps(r.get(key)) for r in rows}
+    assert len(column) == 1, f"rows must carry {key}"
+    got = json.loads(column.pop())
+    assert (json.loads(got) if isinstance(got, str) and got.startswith("[") else got) == yaml.safe_load(str(value))
+    overridden = {key} | {k for k in rows[0] if k.startswith(("experiment.", "data.", "model."))}
+    assert _content(rows, overridden) != _content(base, overridden), f"{override} did not change what {name} computed"
+
+
+def test_one_value_grids_follow_explicit_model_keys(tmp_path):
+    """model.depth=4 on a depth-sweeping experiment computes depth 4 only, and model=cnn_v the flatten readout."""
+    rows = _run(["experiment.widths=[4]", "experiment.seeds=[0]", "data.n_train=3", "model.depth=4", "model=cnn_v",
+                 "progress=false"], tmp_path)
+    assert {(r["readout"], r["depth"]) for r in rows} == {("flatten", 4)}
+    assert rows[0]["model"] == "cnn_v" and rows[0]["model.depth"] == 4
+    rows = _run(["experiment.widths=[4]", "experiment.seeds=[0]", "data.n_train=3", "model=fc", "progress=false"],
+                tmp_path / "fc")
+    assert {(r["family"], r["readout"]) for r in rows} == {("fc", "none")}  # fc: one pass, no readout
