@@ -36,6 +36,7 @@ class DataConfig:
     name: str = ""
     n_train: int = 100
     n_test: int = 100
+    n_val: int = 0  # validation images from the training pool, disjoint from the training subset
     num_classes: int = 10
     seed: int = 0  # which images: the subsets (and digits' train/test pool split) are drawn from it
 
@@ -44,6 +45,7 @@ class DataConfig:
               f"not data.name")
         check(self.n_train >= 1, "data.n_train", f"must be >= 1, got {self.n_train}")
         check(self.n_test >= 0, "data.n_test", f"must be >= 0, got {self.n_test}")
+        check(self.n_val >= 0, "data.n_val", f"must be >= 0, got {self.n_val}")
         check(2 <= self.num_classes <= 10, "data.num_classes", f"must be in 2..10, got {self.num_classes}")
 
 
@@ -140,9 +142,12 @@ class ExperimentConfig:
             rows of different values are never pooled because the column tells them apart);
       PARTITION: keys that split one computation across jobs (rows of all values belong together);
       REFUSED: key -> why it has no effect here and what to use instead (refused at start).
+      USES_VALIDATION: whether it chooses hyperparameters on data.n_val validation images
+            (else data.n_val is refused).
     """
 
     NAME: ClassVar[str] = ""
+    USES_VALIDATION: ClassVar[bool] = False
     AXES: ClassVar[dict[str, str]] = {}
     PARTITION: ClassVar[tuple[str, ...]] = ()
     REFUSED: ClassVar[dict[str, str]] = {}
@@ -151,6 +156,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         check(self.name == self.NAME, "experiment.name", f"choose the experiment with experiment={self.name} "
               "(a group option), not experiment.name")
+
+    def check_with(self, cfg: "Config") -> None:
+        """Checks that need the rest of the config (data, model); raise ConfigError naming the key."""
 
 
 @dataclass

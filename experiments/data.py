@@ -49,6 +49,8 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     provenance: dict[str, Any] = field(default_factory=dict)  # identity of the train and test parts
+    x_val: torch.Tensor | None = None  # validation images (data.n_val) from the training pool, disjoint
+    y_val: torch.Tensor | None = None  # from x_train, standardised with the training statistics
 
     def identity(self, part: str) -> dict[str, Any]:
         """What the ``part`` ("train" or "test") inputs are: data set, seed, classes, preprocessing,
@@ -78,7 +80,9 @@ CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 
 
 def load(cfg: DataConfig) -> Dataset:
-    """The configured data set: a class-balanced subset of n_train + n_test images."""
+    """The configured data set: class-balanced subsets of n_train + n_test images, and n_val
+    validation images from the rest of the training pool (the training subset does not depend on
+    n_val)."""
     if cfg.name == "digits":
         x, y = _digits()
         raw_tr, y_tr, raw_te, y_te = _split_pool(x, y, cfg)
@@ -94,13 +98,17 @@ def load(cfg: DataConfig) -> Dataset:
         scale = 1.0
     i_tr = balanced_indices(y_tr, cfg.n_train, cfg.num_classes, cfg.seed, "data.n_train", cfg.name)
     i_te = balanced_indices(y_te, cfg.n_test, cfg.num_classes, cfg.seed + 1, "data.n_test", cfg.name)
+    rest = np.setdiff1d(np.arange(len(y_tr)), i_tr)
+    i_va = rest[balanced_indices(np.asarray(y_tr)[rest], cfg.n_val, cfg.num_classes, cfg.seed + 2,
+                                 "data.n_val", f"{cfg.name} beside data.n_train={cfg.n_train}")]
+    raw_va = np.ascontiguousarray(raw_tr[i_va])
     raw_tr, raw_te = np.ascontiguousarray(raw_tr[i_tr]), np.ascontiguousarray(raw_te[i_te])
     standardize = bool(getattr(cfg, "standardize", False))
-    x_tr, x_te = raw_tr.astype(np.float64) / scale, raw_te.astype(np.float64) / scale
+    x_tr, x_te, x_va = (r.astype(np.float64) / scale for r in (raw_tr, raw_te, raw_va))
     if standardize:
         mean = x_tr.mean(axis=(0, 2, 3), keepdims=True)  # numpy: one fixed summation order
         std = np.maximum(x_tr.std(axis=(0, 2, 3), ddof=1, keepdims=True), 1e-12)
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+        x_tr, x_te, x_va = (x_tr - mean) / std, (x_te - mean) / std, (x_va - mean) / std
     provenance = {
         "data": cfg.name, "seed": cfg.seed, "num_classes": cfg.num_classes,
         "preprocessing": {"scale": f"1/{scale:g}", "standardize": standardize},
@@ -109,7 +117,8 @@ def load(cfg: DataConfig) -> Dataset:
     }
     return Dataset(cfg.name, torch.from_numpy(x_tr), torch.as_tensor(np.asarray(y_tr)[i_tr], dtype=torch.int64),
                    torch.from_numpy(x_te), torch.as_tensor(np.asarray(y_te)[i_te], dtype=torch.int64),
-                   cfg.num_classes, provenance)
+                   cfg.num_classes, provenance, torch.from_numpy(x_va),
+                   torch.as_tensor(np.asarray(y_tr)[i_va], dtype=torch.int64))
 
 
 def _sha(a: np.ndarray) -> str:
@@ -153,9 +162,10 @@ def _digits():
 
 def _split_pool(x, y, cfg: DataConfig):
     """digits has no official split: a seeded, stratified split of the 1,797 images."""
-    if cfg.n_train + cfg.n_test > len(x):
+    if cfg.n_train + cfg.n_val + cfg.n_test > len(x):
         raise ConfigError(
-            f"data.n_train={cfg.n_train} + data.n_test={cfg.n_test} exceeds the {len(x)} images of {cfg.name}"
+            f"data.n_train={cfg.n_train} + data.n_val={cfg.n_val} + data.n_test={cfg.n_test} exceeds the {len(x)} "
+            f"images of {cfg.name}"
         )
     g = np.random.default_rng(cfg.seed + 12345)
     test = np.zeros(len(x), dtype=bool)
@@ -299,7 +309,7 @@ def _sphere(cfg: DataConfig):
     """Points uniform on the unit sphere in R^(C*H*W), shaped (C, H, W); the label is the sign
     pattern of a fixed random teacher: argmax of num_classes random projections."""
     g = torch.Generator().manual_seed(cfg.seed + 999)
-    n = 4 * (cfg.n_train + cfg.n_test) + 50 * cfg.num_classes
+    n = 4 * (cfg.n_train + cfg.n_val + cfg.n_test) + 50 * cfg.num_classes
     x = torch.randn(n, *cfg.shape, generator=g, dtype=torch.float64).numpy()
     x = x / np.sqrt((x.reshape(n, -1) ** 2).sum(1))[:, None, None, None]
     teacher = torch.randn(x[0].size, cfg.num_classes, generator=g, dtype=torch.float64).numpy()

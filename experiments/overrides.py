@@ -68,6 +68,8 @@ def apply(dcfg: DictConfig, overrides: list[Override], schema: type) -> DictConf
     for key in sorted(explicit):
         if key in schema.REFUSED:
             raise ConfigError(f"{key}: {schema.REFUSED[key]}")
+    if "data.n_val" in explicit and not schema.USES_VALIDATION:
+        raise ConfigError(f"data.n_val: {name} chooses no hyperparameter on a validation split: remove data.n_val")
     family = OmegaConf.select(dcfg, "model.family")
     if family == "fc":
         for key in ("model.readout", "model.filter_size", "experiment.readouts"):

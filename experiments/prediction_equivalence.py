@@ -1,17 +1,24 @@
-"""Theorem 3.2: a wide net trained by full-batch GD predicts like the kernel predictor.
+"""Theorem 3.2: a sufficiently wide net, fully trained by gradient flow, predicts like kernel
+regression with its exact NTK.
 
-For every readout, depth, width and seed: the net (NTK parameterisation, output scale kappa,
-optionally centred: f - f0) is trained by full-batch GD on 0.5 * ||f(X) - Y||^2 with
-lr = lr_fraction / lambda_max(initial empirical NTK); at every recorded step its test
-predictions are compared with the linearised net on the exact kernel after the same number of
-steps at the same lr (finite_nets.gd_predictions), and at the end with kernel regression
-(t -> infinity).  Also the relative kernel drift ||Theta_T - Theta_0|| / ||Theta_0||.
-Targets: a scalar regression target, +1 for the first half of the classes, -1 otherwise.
+For every readout, depth, width, seed and route to the theorem's setting the net (NTK
+parameterisation) is trained by gradient flow on 0.5 ||f(X) - Y||^2 until the training loss is at
+most ``loss_tol`` times its initial value (finite_nets.train_flow: an exponential integrator with
+error control, so the kernel's slowest modes cost tens of steps, not lambda_max / lambda_min GD
+steps).  Routes (the theorem needs the initial output to vanish):
+  - ``small_kappa``: output scale kappa = ``small_kappa``, uncentred: the theorem's own route
+    (its error has an O(kappa) term from f0, and the width it needs grows as kappa falls);
+  - ``centred``: kappa = 1, training f - f0 (the initial function subtracted).
+Measured on the test points: RMS(f_net - f_KR) / RMS(f_KR), f_KR = kernel regression on the exact
+CNTK (t = infinity, no ridge); the relative kernel drift ||Theta_T - Theta_0|| / ||Theta_0||; and
+along training, the net against the linearised net on the exact kernel at the same time t (early-time
+linearisation, Lee et al. 2019).  Targets: +1 for the first half of the classes, -1 otherwise.
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,70 +27,98 @@ import torch
 
 import cntk
 import finite_nets
+from finite_nets.flow import train_flow
 
 from . import sweep
-from .common import by_group, common, model_inputs, save_figure, series_name, style, width_series
+from .common import by_group, common, loglog_fit, model_inputs, save_figure, series_name, style, width_series
 from .config import Config as RunConfig, GridExperiment, check
 from .data import Dataset
+
+ROUTES = ("centred", "small_kappa")
 
 
 @dataclass
 class Config(GridExperiment):
     NAME: ClassVar[str] = "prediction_equivalence"
     name: str = "prediction_equivalence"
-    steps: int = 300  # full-batch GD steps
-    lr_fraction: float = 1.0  # learning rate = lr_fraction / lambda_max(initial NTK)
-    output_scale: float = 1.0  # kappa of Theorem 3.2
-    centered: bool = True  # train f - f0
+    routes: list[str] = field(default_factory=lambda: list(ROUTES))
+    small_kappa: float = 0.01  # kappa of the small_kappa route
+    loss_tol: float = 1e-6  # train until loss <= loss_tol * initial loss
+    rtol: float = 1e-2  # the gradient-flow integrator's accepted relative defect per step
+    max_steps: int = 400  # integrator steps at most (a run that stops early is reported as not converged)
+    max_weights: int = 0  # skip nets with more trainable weights than this (0: none), to bound the cost
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.steps >= 1, "experiment.steps", f"must be >= 1, got {self.steps}")
-        check(0 < self.lr_fraction < 2, "experiment.lr_fraction", f"must be in (0, 2) for stable GD, got {self.lr_fraction}")
-        check(self.output_scale > 0, "experiment.output_scale", f"must be > 0, got {self.output_scale}")
+        bad = [r for r in self.routes if r not in ROUTES]
+        check(len(self.routes) > 0 and not bad, "experiment.routes", f"unknown route(s) {bad}: use {list(ROUTES)}")
+        check(0 < self.small_kappa <= 1, "experiment.small_kappa", f"must be in (0, 1], got {self.small_kappa}")
+        check(0 < self.loss_tol < 1, "experiment.loss_tol", f"must be in (0, 1), got {self.loss_tol}")
+        check(0 < self.rtol < 1, "experiment.rtol", f"must be in (0, 1), got {self.rtol}")
+        check(self.max_steps >= 1, "experiment.max_steps", f"must be >= 1, got {self.max_steps}")
+        check(self.max_weights >= 0, "experiment.max_weights", f"must be >= 0, got {self.max_weights}")
 
 
-def _eval_steps(steps: int) -> list[int]:
-    pts = np.unique(np.round(np.geomspace(1, steps, 12)).astype(int))
-    return sorted({0, *pts.tolist(), steps})
+def _weights(arch: cntk.Architecture, width: int, shape: tuple[int, ...]) -> int:
+    """Trainable weights of the finite net (one output)."""
+    q2 = arch.filter_size**2 if arch.family == "cnn" else 1
+    hidden = width * shape[0] * q2 + (arch.n_relu_layers - 1) * width * width * q2
+    features = width * (shape[1] * shape[2] if arch.family == "cnn" and arch.readout == "flatten" else 1)
+    return hidden + features
 
 
 def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:
     e = cfg.experiment
-    kappa = e.output_scale
     y = torch.where(data.y_train < data.num_classes // 2, 1.0, -1.0).to(torch.float64)
-    steps_list = _eval_steps(e.steps)
-    setting = {"steps": e.steps, "lr_fraction": e.lr_fraction, "output_scale": kappa, "centered": e.centered,
-               "n_train": len(data.x_train), "n_test": len(data.x_test)}
+    routes = {"centred": (1.0, True), "small_kappa": (e.small_kappa, False)}
+    base = {"n_train": len(data.x_train), "n_test": len(data.x_test), "loss_tol": e.loss_tol, "rtol": e.rtol}
 
     def prepare(arch):
         xtr = model_inputs(data.x_train, arch).to(device=device, dtype=dtype)
         xte = model_inputs(data.x_test, arch).to(device=device, dtype=dtype)
-        k = kappa**2 * cntk.kernel(xtr, None, arch).double()
-        kt = kappa**2 * cntk.kernel(xte, xtr, arch).double()
-        return (xtr, xte, k, kt, finite_nets.kernel_predictions(k, kt, y)), []
+        k = cntk.kernel(xtr, None, arch).double().cpu()
+        kt = cntk.kernel(xte, xtr, arch).double().cpu()
+        ev = torch.linalg.eigvalsh(k)
+        return (xtr, xte, k, kt, finite_nets.kernel_predictions(k, kt, y), float(ev[-1] / ev[0])), []
 
     def measure(ctx, arch, width, seed):
-        xtr, xte, k, kt, f_inf = ctx
-        t0 = time.perf_counter()
-        net = finite_nets.build(arch, width, seed=seed, input_shape=tuple(xtr.shape[1:]), output_scale=kappa,
-                                dtype=dtype, device=device)
-        res = finite_nets.train_gd(net, xtr, y.to(dtype), xte, steps=e.steps, lr_fraction=e.lr_fraction,
-                                   centered=e.centered, eval_steps=steps_list, drift_steps=[e.steps])
-        f_net = res.test_predictions[..., 0].double().cpu()  # (S, M)
-        f_lin = finite_nets.gd_predictions(k, kt, y, res.lr, res.eval_steps).cpu()  # (S, M)
-        scale = f_lin.pow(2).mean(1).sqrt().clamp_min(1e-300)
-        diff = (f_net - f_lin).pow(2).mean(1).sqrt() / scale
-        rows = [{**setting, "step": step, "rel_test_diff": float(diff[s]),
-                 "max_abs_test_diff": float((f_net[s] - f_lin[s]).abs().max()), "train_loss": float(res.loss[step])}
-                for s, step in enumerate(res.eval_steps)]
-        rows[-1].update(drift=float(res.drift[-1]), lr_times_lambda_max=res.lr * res.lambda_max,
-                        rel_diff_to_kernel_regression=float((f_net[-1] - f_inf.cpu()).pow(2).mean().sqrt()
-                                                            / f_inf.pow(2).mean().sqrt()),
-                        seconds=time.perf_counter() - t0)
+        xtr, xte, k, kt, f_kr, cond = ctx
+        if e.max_weights and _weights(arch, width, tuple(xtr.shape[1:])) > e.max_weights:
+            return []  # over the cost cap (the plot's caption lists experiment.max_weights)
+        rows = []
+        for route in e.routes:
+            kappa, centred = routes[route]
+            t0 = time.perf_counter()
+            net = finite_nets.build(arch, width, seed=seed, input_shape=tuple(xtr.shape[1:]), output_scale=kappa,
+                                    dtype=dtype, device=device)
+            res = train_flow(net, xtr, y.to(dtype), xte, loss_tol=e.loss_tol, rtol=e.rtol, max_steps=e.max_steps,
+                             centered=centred)
+            f_net = res.test_predictions[..., 0].double().cpu()  # (S, M)
+            # linearised net on the exact kernel (kappa^2 K: the net's NTK scale), same flow time
+            f0 = {} if centred else {"f0_train": res.f0_train[:, 0].double().cpu(), "f0_test": res.f0_test[:, 0].double().cpu()}
+            f_lin = finite_nets.gd_predictions(kappa**2 * k, kappa**2 * kt, y, 1.0, res.times, flow=True, **f0)
+            lin_rms = f_lin.pow(2).mean(1).sqrt().clamp_min(1e-300)
+            along = (f_net - f_lin).pow(2).mean(1).sqrt() / lin_rms
+            where = {**base, "route": route, "kappa": kappa, "centered": centred}
+            for s, t in enumerate(res.times):
+                if s:  # t = 0: the net is the linearised net
+                    rows.append({**where, "time": t, "lr_time": t * res.lambda_max, "rel_diff_to_linearised": float(along[s]),
+                                 "train_loss": res.loss[s]})
+            rows.append({**where, "final": True, "time": res.times[-1],
+                         "rel_diff_to_kernel_regression": float((f_net[-1] - f_kr).pow(2).mean().sqrt()
+                                                                / f_kr.pow(2).mean().sqrt()),
+                         "rel_diff_to_linearised": float(along[-1]), "drift": res.drift[-1],
+                         "initial_loss": res.loss[0], "final_rel_loss": res.relative_loss, "converged": res.converged,
+                         "flow_steps": len(res.times) - 1, "rejected_steps": res.rejected, "lambda_max": res.lambda_max,
+                         "kernel_condition": cond, "weights": _weights(arch, width, tuple(xtr.shape[1:])),
+                         "seconds": time.perf_counter() - t0})
         return rows
 
     return sweep.run(cfg, prepare, measure)
+
+
+def _route_name(route: str, kappa: float) -> str:
+    return "centred, κ = 1" if route == "centred" else f"κ = {kappa:g}, uncentred"
 
 
 def plot(doc: dict, out_dir: str | Path):
@@ -91,47 +126,68 @@ def plot(doc: dict, out_dir: str | Path):
     import matplotlib.pyplot as plt
 
     rows = doc["rows"]
-    finals = [r for r in rows if "drift" in r]
-    groups = by_group(finals)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    finals = [r for r in rows if r.get("final")]
+    groups = by_group(finals, ("readout", "depth", "route"))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     summary = []
-    for gi, ((readout, depth), sel) in enumerate(groups):
-        for ax, key in ((axes[0], "rel_test_diff"), (axes[1], "drift")):
-            fit = width_series(ax, sel, key, f"C{gi % 10}", series_name(sel))
-            summary.append({"setting": sel[0].get("setting", ""), "readout": readout, "depth": depth, "metric": key,
-                            **fit})
+    styles = {"centred": "-", "small_kappa": "--"}
+    for gi, ((readout, depth, route), sel) in enumerate(groups):
+        label = f"{series_name(sel)}, {_route_name(route, sel[0]['kappa'])}"
+        color = f"C{gi % 10}"
+        for ax, key in ((axes[0], "rel_diff_to_kernel_regression"), (axes[1], "drift")):
+            fit = width_series(ax, sel, key, color, label)
+            ax.lines[-1].set_linestyle(styles[route])
+            summary.append({"setting": sel[0].get("setting", ""), "readout": readout, "depth": depth, "route": route,
+                            "kappa": sel[0]["kappa"], "metric": key, **fit, "widths": len({r["width"] for r in sel}),
+                            "seeds": len({r["seed"] for r in sel}),
+                            "max_final_rel_loss": max(r["final_rel_loss"] for r in sel),
+                            "all_converged": all(r["converged"] for r in sel),
+                            "kernel_condition": sel[0]["kernel_condition"]})
     ws = sorted({r["width"] for r in finals})
-    if ws:
+    if len(ws) > 1:
         ref = np.array(ws, float)
-        d0 = np.median([r["drift"] for r in finals if r["width"] == ws[0]])
-        axes[1].plot(ref, d0 * (ref / ref[0]) ** -0.5, ":", color="gray", label=r"$\propto m^{-1/2}$ (theory's rate)")
-        axes[1].plot(ref, d0 * (ref / ref[0]) ** -1.0, "--", color="gray", lw=0.8, label=r"$\propto m^{-1}$")
-    (readout, depth), first = groups[0]
-    sel = [r for r in rows if (r["readout"], r["depth"], r.get("setting", "")) == (readout, depth, first[0].get("setting", ""))]
-    widths = sorted({r["width"] for r in sel})
+        d0 = float(np.median([r["drift"] for r in finals if r["width"] == ws[0]]))
+        axes[1].plot(ref, d0 * (ref / ref[0]) ** -0.5, ":", color="gray", lw=1.2,
+                     label=r"$\propto m^{-1/2}$: the $O(1/\sqrt{m})$ bound (Jacot et al. 2018; Arora et al. 2019)")
+        axes[1].plot(ref, d0 * (ref / ref[0]) ** -1.0, "-.", color="black", lw=0.8,
+                     label=r"$\propto m^{-1}$: NTK change in training (Dyer & Gur-Ari 2020; Huang & Yau 2020)")
+    # early-time linearisation: one series (the first group), net vs linearised net at the same time
+    (readout, depth, route), first = groups[0]
+    key = lambda r: (r.get("setting", ""), r["readout"], r["depth"], r["route"])  # noqa: E731
+    along = [r for r in rows if not r.get("final") and key(r) == key(first[0])]
+    widths = sorted({r["width"] for r in along})
+    cmap = plt.get_cmap("viridis")
     for wi, w in enumerate(widths):
-        steps = sorted({r["step"] for r in sel if r["width"] == w and r["step"] > 0})
-        mean = [np.mean([r["rel_test_diff"] for r in sel if r["width"] == w and r["step"] == s]) for s in steps]
-        axes[2].plot(steps, mean, "-", color=plt.get_cmap("viridis")(wi / max(1, len(widths) - 1)), label=f"m = {w}")
-    axes[0].set_ylabel("RMS(f_net - f_lin) / RMS(f_lin), test, end of training")
+        for si, seed in enumerate(sorted({r["seed"] for r in along if r["width"] == w})):
+            pts = sorted((r["lr_time"], r["rel_diff_to_linearised"]) for r in along if (r["width"], r["seed"]) == (w, seed))
+            axes[2].plot(*zip(*pts), "-", color=cmap(wi / max(1, len(widths) - 1)), lw=1, alpha=0.8,
+                         label=f"m = {w}" if si == 0 else None)
+    axes[0].set_ylabel(r"RMS$(f_{net} - f_{KR})$ / RMS$(f_{KR})$ on test points")
     axes[1].set_ylabel(r"kernel drift $\|\Theta_T - \Theta_0\|_F / \|\Theta_0\|_F$")
-    axes[2].set_ylabel("RMS(f_net - f_lin) / RMS(f_lin), test")
+    axes[2].set_ylabel(r"RMS$(f_{net}(t) - f_{lin}(t))$ / RMS$(f_{lin}(t))$, test")
     for ax in axes[:2]:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("width m")
     for ax in axes:
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     axes[2].set_xscale("log")
-    axes[2].set_xlabel(f"GD step ({series_name(first)}, seed mean)")
-    axes[0].set_title("Trained net vs kernel predictor")
+    axes[2].set_xlabel(r"time $t \cdot \lambda_{max}$ (= GD steps at lr $1/\lambda_{max}$)"
+                       f"; {series_name(first)}, {_route_name(route, first[0]['kappa'])}, one line per seed")
+    axes[0].set_title("Theorem 3.2: fully trained net vs kernel regression")
     axes[1].set_title("Kernel drift during training")
-    axes[2].set_title("Along training time")
-    fig.text(0.5, -0.05,
-             f"{common(rows, 'data')}, {common(rows, 'n_train')} train / {common(rows, 'n_test')} test, full-batch GD, "
-             f"{common(rows, 'steps')} steps, lr = {common(rows, 'lr_fraction', 'g')}/λmax, "
-             f"κ = {common(rows, 'output_scale', 'g')}, centred (f - f0): {common(rows, 'centered')}; "
-             "f_lin = linearised net on the exact CNTK after the same steps; points = seeds.",
+    axes[2].set_title("Early-time linearisation (Lee et al. 2019)")
+    loss = max(r["final_rel_loss"] for r in finals)
+    unconverged = sum(not r["converged"] for r in finals)
+    conds = ", ".join(f"{series_name(s)}: {s[0]['kernel_condition']:.3g}" for _, s in by_group(finals))
+    fig.text(0.5, -0.09,
+             f"{common(rows, 'data')}, {common(rows, 'n_train')} train / {common(rows, 'n_test')} test points, targets ±1; "
+             f"gradient flow (exponential integrator, rtol {common(rows, 'rtol', 'g')}) until loss ≤ "
+             f"{common(rows, 'loss_tol', 'g')} x initial: reached by {len(finals) - unconverged} of {len(finals)} nets "
+             f"(largest final loss / initial: {loss:.2g}).  f_KR: kernel regression on the exact CNTK, no ridge "
+             f"(t = ∞).  Points = seeds; slopes: log-log fit over all seeds, 95 % CI.\n"
+             f"Condition number of the exact kernel on the training points: {conds}; Theorem 3.2's width grows "
+             f"with 1/λ_min and 1/κ.",
              ha="center", fontsize=7)
     fig.tight_layout()
     paths = save_figure(fig, out_dir, "prediction_equivalence")
@@ -141,4 +197,4 @@ def plot(doc: dict, out_dir: str | Path):
 
 def smoke(tmp: Path) -> list[list[str]]:
     return [["experiment=prediction_equivalence", "experiment.widths=[8,16,32]", "experiment.seeds=[0]",
-             "experiment.steps=3", "data.n_train=6", "data.n_test=4"]]
+             "experiment.max_steps=20", "data.n_train=6", "data.n_test=4"]]

@@ -45,7 +45,9 @@ def prepare(dcfg: DictConfig, task_overrides: list[str] | tuple[str, ...] = ()) 
         raise ConfigError(f"experiment: {err}") from None
     ovs = overrides.parse(task_overrides)
     dcfg = overrides.apply(dcfg, ovs, module.Config)
-    return validate(dcfg), dcfg, ovs
+    cfg = validate(dcfg)
+    cfg.experiment.check_with(cfg)
+    return cfg, dcfg, ovs
 
 
 def job_threads(threads: int, launcher: dict[str, Any] | None) -> int:

@@ -187,20 +187,25 @@ def train_gd(
 
 @dataclass
 class SGDRun:
-    """Result of ``train_sgd``: final test accuracy, per-epoch mean training loss and test accuracy."""
+    """Result of ``train_sgd``: final test accuracy, per-epoch mean training loss and test accuracy,
+    the final model's training loss and accuracy on the whole training set, and which test inputs
+    it classifies correctly (M,) bool (for paired tests and bootstrap intervals)."""
 
-    model: FiniteNet
+    model: torch.nn.Module
     lr: float
     test_accuracy: float
     train_loss: list[float]
     test_accuracy_per_epoch: list[float]
+    final_train_loss: float = float("nan")
+    train_accuracy: float = float("nan")
+    test_correct: torch.Tensor | None = None
 
 
 LOSSES = ("mse", "cross_entropy")
 
 
 def train_sgd(
-    model: FiniteNet,
+    model: torch.nn.Module,
     x_train: torch.Tensor,
     labels_train: torch.Tensor,
     x_test: torch.Tensor,
@@ -213,8 +218,9 @@ def train_sgd(
     loss: str = "mse",
     momentum: float = 0.9,
     seed: int = 0,
+    centered: bool = False,
     inplace: bool = False,
-    memory_mb: float = 1024.0,
+    memory_mb: float | None = None,
 ) -> SGDRun:
     """Minibatch SGD for classification (the paper's finite CNN-V / CNN-GAP baselines), seeded.
 
@@ -225,11 +231,15 @@ def train_sgd(
     by lr_fraction.  momentum: heavy-ball momentum of torch.optim.SGD (0 for plain SGD).  In the NTK
     parameterisation a small output_scale (kappa ~ 0.1) speeds up learning a lot: the initial
     outputs, whose size is set by the NNGP kernel, no longer dominate the loss.  Shuffling uses a CPU
-    torch.Generator seeded by ``seed``.
+    torch.Generator seeded by ``seed``.  centered: train f - f0 (f0 the function at init).  model: a
+    ``FiniteNet`` or any module with ``out_dim``, ``readout`` and ``check_input`` (e.g.
+    ``finite_nets.standard.StandardNet``, which needs an explicit ``lr``).
     Raises TrainingDiverged on a NaN / inf loss.  The model is copied first unless ``inplace``.
     """
-    if not isinstance(model, FiniteNet):
-        raise ValueError(f"model must be a finite_nets.FiniteNet, got {type(model).__name__}")
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "out_dim") or not hasattr(model, "check_input"):
+        raise ValueError(f"model must be a finite_nets.FiniteNet or StandardNet, got {type(model).__name__}")
+    if lr is None and not isinstance(model, FiniteNet):
+        raise ValueError("lr is needed for a net that is not NTK-parameterised (lr_fraction uses its NTK)")
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
@@ -258,7 +268,11 @@ def train_sgd(
     orders = [torch.randperm(len(x_train), generator=gen) for _ in range(epochs)]
     if lr is None:
         first = orders[0][:batch_size].to(x_train.device)
-        lr = lr_fraction * len(first) / largest_eigenvalue(net, x_train[first], memory_mb=memory_mb)
+        opts = {} if memory_mb is None else {"memory_mb": memory_mb}
+        lr = lr_fraction * len(first) / largest_eigenvalue(net, x_train[first], **opts)
+    off_train = _predict(net, x_train) if centered else torch.zeros(len(x_train), num_classes, dtype=x_train.dtype,
+                                                                   device=x_train.device)
+    off_test = _predict(net, x_test) if centered else 0.0
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
     train_loss, accs = [], []
@@ -266,7 +280,7 @@ def train_sgd(
         total, count = 0.0, 0
         for i in range(0, len(x_train), batch_size):
             idx = orders[epoch][i : i + batch_size].to(x_train.device)
-            out = net(x_train[idx])
+            out = net(x_train[idx]) - off_train[idx]
             if loss == "mse":
                 value = 0.5 * ((out - targets[idx]) ** 2).sum(1).mean()
             else:
@@ -279,5 +293,11 @@ def train_sgd(
             total += float(value.detach()) * len(idx)
             count += len(idx)
         train_loss.append(total / count)
-        accs.append(cntk.accuracy(_predict(net, x_test), lab_test))
-    return SGDRun(model=net, lr=float(lr), test_accuracy=accs[-1], train_loss=train_loss, test_accuracy_per_epoch=accs)
+        accs.append(cntk.accuracy(_predict(net, x_test) - off_test, lab_test))
+    with torch.no_grad():
+        out = _predict(net, x_train) - off_train
+        final = (0.5 * ((out - targets) ** 2).sum(1).mean() if loss == "mse" else F.cross_entropy(out, dev_labels))
+        correct = ((_predict(net, x_test) - off_test).argmax(1).cpu() == lab_test)
+    return SGDRun(model=net, lr=float(lr), test_accuracy=accs[-1], train_loss=train_loss, test_accuracy_per_epoch=accs,
+                  final_train_loss=float(final), train_accuracy=cntk.accuracy(out.cpu(), lab_train),
+                  test_correct=correct)

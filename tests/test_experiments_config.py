@@ -56,7 +56,9 @@ def test_help_lists_only_real_options():
         (["model.depth=1"], "model.depth"),
         (["model.readout=max"], "model.readout"),
         (["experiment.widths=[0,4]"], "experiment.widths"),
-        (["experiment=prediction_equivalence", "experiment.lr_fraction=3"], "experiment.lr_fraction"),
+        (["experiment=prediction_equivalence", "experiment.loss_tol=3"], "experiment.loss_tol"),
+        (["experiment=kernel_vs_network", "data.n_val=0"], "data.n_val"),
+        (["data.n_val=10"], "data.n_val"),  # ntk_convergence chooses nothing on a validation split
         (["dtype=float16"], "dtype"),
         (["threads=-1"], "threads"),
         (["experiment=solve", "experiment.cv_folds=1"], "experiment.cv_folds"),

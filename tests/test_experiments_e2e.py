@@ -81,17 +81,17 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 def test_settings_are_never_pooled_and_every_job_config_is_kept(tmp_path):
     """Two kappas in one sweep: two fits, each labelled; rows carry the override; both configs kept."""
     sweep = tmp_path / "sweep"
-    run_py("-m", "experiment=prediction_equivalence", "experiment.output_scale=0.5,1.0", "experiment.widths=[8,16,32]",
-           "experiment.seeds=[0]", "experiment.steps=3", "data.n_train=6", "data.n_test=4", f"hydra.sweep.dir={sweep}",
-           cwd=tmp_path)
+    run_py("-m", "experiment=prediction_equivalence", "experiment.small_kappa=0.1,1.0", "experiment.routes=[small_kappa]",
+           "experiment.widths=[8,16,32]", "experiment.seeds=[0]", "experiment.max_steps=5", "data.n_train=6",
+           "data.n_test=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     rows = _rows(sweep / "results.csv")
-    assert {r["experiment.output_scale"] for r in rows} == {"0.5", "1.0"}
-    assert {r["setting"] for r in rows} == {"experiment.output_scale=0.5", "experiment.output_scale=1.0"}
+    assert {r["experiment.small_kappa"] for r in rows} == {"0.1", "1.0"}
+    assert {r["setting"] for r in rows} == {"experiment.small_kappa=0.1", "experiment.small_kappa=1.0"}
     summary = _rows(sweep / "summary.csv")
-    assert sorted({s["setting"] for s in summary}) == ["experiment.output_scale=0.5", "experiment.output_scale=1.0"]
+    assert sorted({s["setting"] for s in summary}) == ["experiment.small_kappa=0.1", "experiment.small_kappa=1.0"]
     doc = json.loads((sweep / "results.json").read_text())
-    assert doc["settings"] == ["experiment.output_scale"]
-    assert sorted(j["config"]["experiment"]["output_scale"] for j in doc["jobs"]) == [0.5, 1.0]
+    assert doc["settings"] == ["experiment.small_kappa"]
+    assert sorted(j["config"]["experiment"]["small_kappa"] for j in doc["jobs"]) == [0.1, 1.0]
     # seeds split over jobs are replicates, not settings: one fit over both jobs' seeds
     sweep2 = tmp_path / "sweep2"
     run_py("-m", "experiment.seeds=[0],[1]", *TINY[:1], "data.n_train=3", "experiment.readouts=[gap]",

@@ -91,6 +91,9 @@ def test_every_override_changes_the_rows_or_is_refused(name, key, value, baselin
         assert not list(tmp_path.rglob("results.json"))  # refused at start: nothing written
         return
     base = baseline(name)
+    if key in ("model.readout", "model", "experiment.readouts") and {r.get("readout") for r in base} == {"flatten"}:
+        value = {"model.readout": "gap", "model": "cnn_gap", "experiment.readouts": "[gap]"}[key]  # differ from the default
+        override = f"{key}={value}"
     rows = _sequence(name, tmp_path, [override])
     column = {json.dumps(r.get(key)) for r in rows}
     assert len(column) == 1, f"rows must carry {key}"

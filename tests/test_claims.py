@@ -1,0 +1,60 @@
+"""Small, fast versions of the suite's claims about trained nets: each fails if the claim stops holding.
+
+- Theorem 3.2: the fully trained net's distance to kernel regression falls with width (fitted
+  log-log slope with its 95 % interval below 0), every net trained to the stated loss.
+- RQ3: at small n, a finite CNN trained well (hyperparameters on a validation split) is within a few
+  points of its exact kernel; an uncentred kappa = 1 twin, the old artefact, is not needed.
+"""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from experiments.common import loglog_fit
+from experiments.config import register
+from experiments.runner import execute
+
+ROOT = Path(__file__).resolve().parents[1]
+register()
+
+
+def _run(overrides, out):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return execute(cfg, out, task_overrides=overrides, choices=choices)
+
+
+def test_fully_trained_net_approaches_kernel_regression_as_width_grows(tmp_path):
+    overrides = ["experiment=prediction_equivalence", "experiment.widths=[64,256,1024]", "experiment.seeds=[0,1]",
+                 "experiment.depths=[2]", "experiment.routes=[centred]", "data.n_train=12", "data.n_test=40",
+                 "progress=false", "threads=1"]
+    out = _run(overrides, tmp_path)
+    finals = [r for r in out["rows"] if r.get("final")]
+    assert len(finals) == 6 and all(r["converged"] and r["final_rel_loss"] <= 1e-6 for r in finals)
+    fit = loglog_fit([r["width"] for r in finals], [r["rel_diff_to_kernel_regression"] for r in finals])
+    assert fit["slope_hi"] < 0, fit
+    assert max(r["rel_diff_to_kernel_regression"] for r in finals if r["width"] == 1024) < 0.1
+    summary = {s["metric"]: s for s in out["summary"]}
+    assert summary["rel_diff_to_kernel_regression"]["slope"] == pytest.approx(fit["slope"])
+
+
+def test_well_trained_finite_cnns_are_within_a_few_points_of_their_kernel(tmp_path):
+    overrides = ["experiment=kernel_vs_network", "experiment.widths=[64]", "experiment.depths=[3]",
+                 "experiment.seeds=[0]", "experiment.epochs=25", "experiment.ntk_lr_fractions=[1.0]",
+                 "experiment.standard_lrs=[0.01,0.03,0.1]", "data.n_train=150", "data.n_val=100", "data.n_test=150",
+                 "progress=false", "threads=1"]
+    out = _run(overrides, tmp_path)
+    s = {(r["readout"], r["method"]): r for r in out["summary"]}
+    for readout in ("gap", "flatten"):
+        kernel = s[readout, "kernel"]["accuracy"]
+        assert kernel > 0.9
+        # the NTK twin within 5 points (the uncentred kappa = 1 twin of the old artefact was 30-40 below);
+        # the standard CNN within 10 (100-image validation split: its choice is noisier)
+        for method, margin in (("ntk_net", 0.05), ("standard_net", 0.10)):
+            assert s[readout, method]["accuracy"] >= kernel - margin, (readout, method, s[readout, method], kernel)
+            assert s[readout, method]["min_train_accuracy"] >= 0.95  # trained, not stopped early
+    assert (tmp_path / "table.md").read_text().count("|") > 50
