@@ -8,6 +8,7 @@ Layout of a store folder:
                             the last bits of a preprocessing never matter; else of their bytes
     tiles/r{I}_c{J}.npy     one tile, rows I*T.., columns J*T.. (numpy .npy)
     tiles/r{I}_c{J}.sha256  its checksum, written after the tile
+    tiles/r{I}_c{J}.seconds its compute time (for the cost of a kernel; not part of its identity)
 
 Both files are written atomically (temporary file + rename), so a killed job leaves at most a
 tile without its checksum, which counts as missing; a tile whose bytes do not match its checksum
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -162,8 +164,10 @@ class TileStore:
             raise ValueError(f"tile ({i}, {j}) of {self.path} is missing or corrupt: rerun experiment=gram to recompute it")
         return np.load(io.BytesIO(raw))
 
-    def write_tile(self, i: int, j: int, block: np.ndarray) -> None:
+    def write_tile(self, i: int, j: int, block: np.ndarray, seconds: float | None = None) -> None:
         data, check = self._files(i, j)
+        if seconds is not None:
+            write_atomic(data.with_suffix(".seconds"), f"{seconds:.6f}\n".encode())
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(block))
         raw = buf.getvalue()
@@ -178,13 +182,30 @@ class TileStore:
             return state
         arch = Architecture(**self.meta.arch)
         rs, cs = self._bounds(i, j)
+        t0 = time.perf_counter()
         if self.meta.symmetric and i == j:
             block = kernel(rows[rs], None, arch, self.meta.kind, progress=False, **kernel_options)
         else:
             block = kernel(rows[rs], (rows if cols is None else cols)[cs], arch, self.meta.kind, progress=False,
                            **kernel_options)
-        self.write_tile(i, j, block.cpu().numpy())
+        self.write_tile(i, j, block.cpu().numpy(), seconds=time.perf_counter() - t0)
         return state
+
+    def cost(self) -> dict[str, float]:
+        """Kernel entries and compute seconds of the timed tiles ({'entries', 'seconds', 'timed_tiles', 'tiles'})."""
+        entries, seconds, timed = 0, 0.0, 0
+        tiles = self.meta.tiles()
+        for i, j in tiles:
+            path = self._files(i, j)[0].with_suffix(".seconds")
+            try:
+                seconds += float(path.read_text())
+            except (OSError, ValueError):
+                continue
+            rs, cs = self._bounds(i, j)
+            h, w = rs.stop - rs.start, cs.stop - cs.start
+            entries += h * (h + 1) // 2 if self.meta.symmetric and i == j else h * w
+            timed += 1
+        return {"entries": entries, "seconds": seconds, "timed_tiles": timed, "tiles": len(tiles)}
 
     def check_inputs(self, rows: torch.Tensor, cols: torch.Tensor | None,
                      identity: tuple[dict, dict | None] | None = None) -> None:

@@ -169,14 +169,17 @@ class GridExperiment(ExperimentConfig):
     AXES: ClassVar[dict[str, str]] = {
         "experiment.readouts": "readout", "experiment.depths": "depth", "experiment.widths": "width",
         "experiment.seeds": "seed", "model.readout": "readout", "model.depth": "depth", "model.width": "width",
+        "model": "family", "model.family": "family",  # rows carry family and readout: never pooled across them
     }
     widths: list[int] = field(default_factory=lambda: [16, 64, 256, 1024])
     depths: list[int] = field(default_factory=lambda: [3])
     readouts: list[str] = field(default_factory=lambda: ["gap", "flatten"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    max_weights: int = 0  # skip (depth, width) whose m x m hidden layers hold more weights than this (0: none)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check(self.max_weights >= 0, "experiment.max_weights", f"must be >= 0 (0: no cap), got {self.max_weights}")
         check(len(self.widths) > 0 and min(self.widths) >= 1, "experiment.widths",
               f"widths must be >= 1, got {self.widths}")
         check(len(self.depths) > 0 and min(self.depths) >= 2, "experiment.depths",

@@ -56,7 +56,6 @@ class Config(GridExperiment):
     ntk_lr_fractions: list[float] = field(default_factory=lambda: [0.5, 1.0])  # lr = fraction * B / lambda_max
     standard_lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1])
     ridge: float = 0.0  # kernel regression ridge, relative to the mean diagonal (the paper: 0)
-    max_weights: int = 0  # skip nets with more trainable weights than this (0: none), to bound the cost
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,7 +72,6 @@ class Config(GridExperiment):
         check(len(self.standard_lrs) > 0 and all(lr > 0 for lr in self.standard_lrs), "experiment.standard_lrs",
               f"each must be > 0, got {self.standard_lrs}")
         check(self.ridge >= 0, "experiment.ridge", f"must be >= 0, got {self.ridge}")
-        check(self.max_weights >= 0, "experiment.max_weights", f"must be >= 0, got {self.max_weights}")
 
 
     def check_with(self, cfg) -> None:
@@ -151,9 +149,6 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
         shape = tuple(xtr.shape[1:])
         out = []
         for family in e.families:
-            probe = make(family, arch, width, seed, shape, _grid(e, family)[0])
-            if e.max_weights and _weights(probe) > e.max_weights:
-                continue
             if (family, width) not in ctx["chosen"]:
                 hp, val, rows = choose(ctx, family, arch, width)
                 ctx["chosen"][family, width] = (hp, val)

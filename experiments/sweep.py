@@ -2,6 +2,7 @@
 with one progress bar.  Written once; experiments supply what to do per architecture and per point."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,13 @@ from cntk import Architecture
 from .config import Config
 
 Rows = list[dict[str, Any]]
+log = logging.getLogger("experiments")
+
+
+def hidden_weights(arch: Architecture, width: int) -> int:
+    """Weights of the net's m x m hidden layers, (L - 1) q^2 m^2 (q = 1 for fc): what its cost grows with."""
+    q2 = arch.filter_size**2 if arch.family == "cnn" else 1
+    return (arch.n_relu_layers - 1) * q2 * width * width
 
 
 def architectures(cfg: Config) -> list[tuple[str, int, Architecture]]:
@@ -30,7 +38,8 @@ def run(cfg: Config, prepare: Callable[[Architecture], tuple[Any, Rows]],
     """For every architecture: ``ctx, rows = prepare(arch)`` (e.g. the exact kernel, and rows that
     belong to the architecture alone); then for every width and seed ``measure(ctx, arch, width,
     seed)`` -> a row or a list of rows.  Every row gets family, readout, depth (and width and seed
-    for the measured ones).  ``prepare_steps``: progress-bar units one prepare call counts for."""
+    for the measured ones).  ``prepare_steps``: progress-bar units one prepare call counts for.
+    Widths whose net exceeds ``experiment.max_weights`` (``hidden_weights``) are skipped, with a log line."""
     e = cfg.experiment
     archs = architectures(cfg)
     rows: Rows = []
@@ -42,6 +51,11 @@ def run(cfg: Config, prepare: Callable[[Architecture], tuple[Any, Rows]],
             rows += [{**where, **r} for r in own]
             bar.update(prepare_steps)
             for width in e.widths:
+                if e.max_weights and hidden_weights(arch, width) > e.max_weights:
+                    log.info("skipped %s depth %d width %d: %d hidden weights > experiment.max_weights=%d", readout,
+                             depth, width, hidden_weights(arch, width), e.max_weights)
+                    bar.update(len(e.seeds))
+                    continue
                 for seed in e.seeds:
                     out = measure(ctx, arch, width, seed)
                     rows += [{**where, "width": width, "seed": seed, **r} for r in ([out] if isinstance(out, dict) else out)]

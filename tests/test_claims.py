@@ -58,3 +58,19 @@ def test_well_trained_finite_cnns_are_within_a_few_points_of_their_kernel(tmp_pa
             assert s[readout, method]["accuracy"] >= kernel - margin, (readout, method, s[readout, method], kernel)
             assert s[readout, method]["min_train_accuracy"] >= 0.95  # trained, not stopped early
     assert (tmp_path / "table.md").read_text().count("|") > 50
+
+
+def test_the_empirical_ntk_needs_more_width_as_depth_grows(tmp_path):
+    """Theorem 3.1's content is depth: at every width the relative error grows with depth (seed means
+    of 6 seeds), and the width needed for a fixed error grows with L (exponent interval above 0)."""
+    overrides = ["model=fc", "experiment.depths=[2,6,11]", "experiment.widths=[128,256,512]",
+                 "experiment.seeds=[0,1,2,3,4,5]", "experiment.eps=0.15", "experiment.bootstrap=200", "data.n_train=8",
+                 "progress=false", "threads=1"]
+    out = _run(overrides, tmp_path)
+    rows = out["rows"]
+    for width in (128, 256, 512):
+        err = [sum(r["rel_fro_error"] for r in rows if (r["width"], r["depth"]) == (width, d)) / 6 for d in (2, 6, 11)]
+        assert err[0] < err[1] < err[2], (width, err)
+    need = [s for s in out["summary"] if s["metric"] == "width_needed"]
+    assert len(need) == 3 and need[0]["exponent_lo"] > 0 and need[0]["width_needed"] < need[-1]["width_needed"]
+    assert (tmp_path / "ntk_convergence_depth.png").exists()

@@ -97,7 +97,7 @@ def test_settings_are_never_pooled_and_every_job_config_is_kept(tmp_path):
     run_py("-m", "experiment.seeds=[0],[1]", *TINY[:1], "data.n_train=3", "experiment.readouts=[gap]",
            f"hydra.sweep.dir={sweep2}", cwd=tmp_path)
     summary = _rows(sweep2 / "summary.csv")
-    assert {s["setting"] for s in summary} == {""} and {s["n_points"] for s in summary} == {"6"}
+    assert {s["setting"] for s in summary} == {""} and {s["points"] for s in summary} == {"6"}
 
 
 def _alive(pids):

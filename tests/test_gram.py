@@ -206,20 +206,35 @@ def test_solve_without_a_store_says_what_to_do(tmp_path):
     assert proc.returncode != 0 and "run experiment=gram first" in proc.stderr
 
 
-def test_solve_table_reports_no_ridge_and_the_cross_validated_ridge(tmp_path):
+def test_solve_report_intervals_cv_ridge_and_paired_tests(tmp_path):
     """The table never picks a ridge by test accuracy: the CV column is the smallest ridge with the
-    best cross-validation accuracy, whatever its test accuracy."""
-    from experiments import solve
+    best cross-validation accuracy, whatever its test accuracy.  Every accuracy has its interval, the
+    paper's numbers stay in their own table, and GAP vs V / CNTK vs CNN-GP / depth comparisons are
+    paired tests on the same test images."""
+    import numpy as np
 
+    from experiments import solve, stats
+
+    rng = np.random.default_rng(0)
     rows = []
-    for readout in ("gap", "flatten"):
-        for depth in (3, 21):
-            for ridge, cv, acc in ((0.0, 0.50, 0.70), (1e-3, 0.60, 0.65), (1e-2, 0.60, 0.90)):
-                rows.append({"data": "digits", "readout": readout, "depth": depth, "ridge": ridge, "cv_accuracy": cv, "accuracy": acc,
-                             "n_train": 10, "n_test": 10, "paper_cifar10": solve.PAPER_TABLE1[readout][depth]})
-    doc = {"rows": rows}
-    paths, summary = solve.plot(doc, tmp_path)
+    for kind in ("ntk", "nngp"):
+        for readout in ("gap", "flatten"):
+            for depth in (3, 21):
+                for ridge, cv, p in ((0.0, 0.50, 0.70), (1e-3, 0.60, 0.65), (1e-2, 0.60, 0.90)):
+                    correct = rng.random(400) < p
+                    rows.append({"data": "digits", "kind": kind, "readout": readout, "depth": depth, "ridge": ridge,
+                                 "cv_accuracy": cv, "accuracy": correct.mean(), "correct": stats.encode(correct),
+                                 "n_train": 10, "n_test": 400, "fix_first_last": False})
+    paths, summary = solve.plot({"rows": rows}, tmp_path)
     assert {p.name for p in paths} == {"table1.png", "table1.pdf"}
-    for s in summary:
-        assert s["accuracy_no_ridge"] == 0.70 and s["cv_ridge"] == 1e-3 and s["accuracy_cv_ridge"] == 0.65
-    assert "| CNTK-GAP | 21 | 70.00 | 65.00 | 0.001 | 60.00 | 10 / 10 | 77.08 |" in (tmp_path / "table.md").read_text()
+    kernels = [s for s in summary if "kernel" in s]
+    assert len(kernels) == 8
+    for s in kernels:
+        assert s["cv_ridge"] == 1e-3 and 0.55 < s["accuracy_cv_ridge"] < 0.75  # the ridge CV chose, not the best on test
+        assert s["cv_ridge_lo"] < s["accuracy_cv_ridge"] < s["cv_ridge_hi"]
+    tests = [s for s in summary if "comparison" in s]
+    assert {t["comparison"] for t in tests} == {"GAP vs V", "CNTK vs CNN-GP", "depth vs next depth"}
+    assert all(0 <= t["mcnemar_p"] <= 1 and t["diff_lo"] <= t["diff"] <= t["diff_hi"] for t in tests)
+    table = (tmp_path / "table.md").read_text()
+    assert "| CNTK-GAP | 21 | 10 / 400 |" in table and "77.08" not in table
+    assert "77.08" in (tmp_path / "paper.md").read_text() and "McNemar" in (tmp_path / "tests.md").read_text()
