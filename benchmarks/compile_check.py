@@ -37,6 +37,7 @@ def main() -> None:
     torch.manual_seed(0)
     for readout, n in [("flatten", 64)] + ([("gap", 4)] if args.gap else []):
         arch = cntk.Architecture(depth=4, readout=readout)
+        chain = cntk.layers.chain(arch.network())
         x, y = torch.randn(n, 3, 32, 32), torch.randn(n, 3, 32, 32)
         sx, sy = planes.prepare(x, arch), planes.prepare(y, arch)
         ii, jj = (g.reshape(-1) for g in torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"))
@@ -44,10 +45,10 @@ def main() -> None:
         compiled = torch.compile(planes.pairs, dynamic=False)
         with torch.no_grad():
             t = time.perf_counter()
-            compiled(x[ii], sx[ii], y[jj], sy[jj], same, arch, "ntk")
+            compiled(x[ii], sx[ii], y[jj], sy[jj], same, chain, "ntk")
             first = time.perf_counter() - t
-            eager = best(lambda: planes.pairs(x[ii], sx[ii], y[jj], sy[jj], same, arch, "ntk"))
-            comp = best(lambda: compiled(x[ii], sx[ii], y[jj], sy[jj], same, arch, "ntk"))
+            eager = best(lambda: planes.pairs(x[ii], sx[ii], y[jj], sy[jj], same, chain, "ntk"))
+            comp = best(lambda: compiled(x[ii], sx[ii], y[jj], sy[jj], same, chain, "ntk"))
         cntk.kernel(x[:1], y[:8], arch, backend="numba", progress=False)  # JIT (disk cache) warm-up
         fused = best(lambda: cntk.kernel(x, y, arch, backend="numba", progress=False))
         e = n * n

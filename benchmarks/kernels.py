@@ -194,7 +194,7 @@ def main(argv: list[str]) -> int:
 
     import cntk
 
-    default = cntk.api._auto_backend(torch.device("cpu"))
+    default = cntk.choose_backend(cntk.Architecture(depth=3), "cpu").NAME
     backends = (
         args.backends.split(",")
         if args.backends

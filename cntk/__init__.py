@@ -1,21 +1,29 @@
-"""Exact infinite-width kernels (CNTK-V, CNTK-GAP, fully-connected NTK; NTK and NNGP) in PyTorch.
+"""Exact infinite-width kernels (CNTK-V, CNTK-GAP, fully-connected NTK; NTK and NNGP) in PyTorch,
+for the paper's networks (``Architecture``) and any network of the layer vocabulary
+(``cntk.layers``: Conv, Dense, ReLU / ABReLU / Erf, AvgPool, GlobalAvgPool, Flatten).
 
     >>> import torch, cntk
     >>> arch = cntk.Architecture(family="cnn", depth=4, readout="gap")
     >>> k = cntk.kernel(torch.randn(5, 3, 8, 8, dtype=torch.float64), None, arch)   # (5, 5)
 """
-from .api import KINDS, available_backends, kernel, register_backend
+from . import layers
+from .api import KINDS, available_backends, backends_for, choose_backend, kernel, register_backend
 from .architecture import Architecture
+from .layers import Network
 from .regression import KernelRegression, accuracy, fit as kernel_regression, paper_targets
 
 __all__ = [
     "Architecture",
     "KINDS",
     "KernelRegression",
+    "Network",
     "accuracy",
     "available_backends",
+    "backends_for",
+    "choose_backend",
     "kernel",
     "kernel_regression",
+    "layers",
     "paper_targets",
     "register_backend",
 ]

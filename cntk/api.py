@@ -1,26 +1,39 @@
-"""Public entry point: ``kernel(x1, x2, arch, kind)`` with input checks, tiling and backends."""
+"""Public entry point: ``kernel(x1, x2, net, kind)`` with input checks, tiling and a registry of
+backends that declare which networks they compute.
+
+A backend is a module with
+    NAME, PRIORITY                                  (higher: faster, tried first by "auto")
+    supports(net, device) -> str | None             None, or the reason it cannot compute ``net`` there
+    prepare(x, net, shapes) -> per-image statistics
+    tile(x1, s1, x2, s2, net, shapes, kind, symmetric, batch_size) -> (n1, n2) block
+    bytes_per_pair(input_shape, net, itemsize) -> working memory of one pair (optional)
+    AUTO_DEVICES: device types "auto" may pick it for (optional; default: every device it supports)
+``backend="auto"`` takes the highest-priority registered backend that supports the network on the
+device; a named backend that does not is an error naming the reason and the ones that can.
+Nothing is ever computed as another network.
+"""
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from . import fc, planes, reference
-from .architecture import Architecture
+from .layers import Network, NetworkError, as_network
 
 KINDS = ("ntk", "nngp")
-_CNN_BACKENDS: dict[str, ModuleType] = {"planes": planes, "reference": reference}
+_BACKENDS: dict[str, ModuleType] = {m.NAME: m for m in (reference, planes, fc)}
 # Fused backends live in their own modules and need optional packages; loaded on first use.
-# Each module may define ``supports(device: torch.device) -> bool``.
 _OPTIONAL_BACKENDS = {"numba": "cntk.fused_cpu", "triton": "cntk.fused_triton"}
 _UNAVAILABLE: dict[str, str] = {}
 
 
 def _load(name: str) -> ModuleType | None:
-    if name in _CNN_BACKENDS:
-        return _CNN_BACKENDS[name]
+    if name in _BACKENDS:
+        return _BACKENDS[name]
     if name in _UNAVAILABLE or name not in _OPTIONAL_BACKENDS:
         return None
     try:
@@ -28,42 +41,58 @@ def _load(name: str) -> ModuleType | None:
     except ImportError as err:  # the optional package (numba, triton) or the module is missing
         _UNAVAILABLE[name] = str(err)
         return None
-    _CNN_BACKENDS[name] = module
+    _BACKENDS[name] = module
     return module
 
 
 def available_backends() -> list[str]:
     """Names accepted by ``kernel(..., backend=...)`` besides "auto" (optional ones that import)."""
-    return [n for n in (*_CNN_BACKENDS, *_OPTIONAL_BACKENDS) if _load(n) is not None]
+    names = dict.fromkeys((*_BACKENDS, *_OPTIONAL_BACKENDS))
+    return [n for n in names if n not in _UNAVAILABLE and _load(n) is not None]
 
 
-def register_backend(name: str, module: ModuleType) -> None:
-    """Add a CNN backend: a module with ``prepare(x, arch)`` and ``tile(x1, s1, x2, s2, arch, kind,
-    symmetric, batch_size)`` (and optionally ``bytes_per_pair(shape, arch, itemsize)`` and
-    ``supports(device)``)."""
-    _CNN_BACKENDS[name] = module
+def register_backend(module: ModuleType) -> None:
+    """Add a backend module (the protocol is this module's docstring)."""
+    for attr in ("NAME", "PRIORITY", "supports", "prepare", "tile"):
+        if not hasattr(module, attr):
+            raise ValueError(f"a backend module needs {attr}: see cntk.api's docstring")
+    _BACKENDS[module.NAME] = module
 
 
-def _supports(module: ModuleType, device: torch.device) -> bool:
-    check = getattr(module, "supports", None)
-    return True if check is None else bool(check(device))
+def backends_for(net: Any, device: str | torch.device = "cpu", *, auto: bool = False) -> list[str]:
+    """The backends that compute ``net`` on ``device``, fastest first (``auto``: only those that
+    "auto" may pick there, e.g. not Triton's CPU interpreter)."""
+    net, dev = as_network(net), torch.device(device)
+    mods = [m for m in (_load(n) for n in available_backends()) if m is not None]
+    ok = [m for m in sorted(mods, key=lambda m: -m.PRIORITY) if m.supports(net, dev) is None]
+    if auto:
+        ok = [m for m in ok if dev.type in getattr(m, "AUTO_DEVICES", (dev.type,))]
+    return [m.NAME for m in ok]
 
 
-def _auto_backend(device: torch.device) -> str:
-    """Fastest available backend for the device: triton on CUDA, numba on CPU, else planes."""
-    for name in ("triton",) if device.type == "cuda" else ("numba",):
-        module = _load(name)
-        if module is not None and _supports(module, device):
-            return name
-    return "planes"
+def choose_backend(net: Any, device: str | torch.device, backend: str = "auto") -> ModuleType:
+    """The backend module that computes ``net`` on ``device``: the fastest that supports it
+    ("auto"), or the named one; a named one that cannot is a ValueError saying why."""
+    net, dev = as_network(net), torch.device(device)
+    if backend == "auto":
+        return _load(backends_for(net, dev, auto=True)[0])  # reference supports everything
+    module = _load(backend)
+    if module is None:
+        why = f" ({_UNAVAILABLE[backend]})" if backend in _UNAVAILABLE else ""
+        raise ValueError(f"backend {backend!r} is not available{why}: use 'auto' or one of {available_backends()}")
+    reason = module.supports(net, dev)
+    if reason is not None:
+        raise ValueError(f"backend {backend!r} cannot compute this network on {dev}: {reason}; backends that can: "
+                         f"{backends_for(net, dev)}")
+    return module
 
 
-def _check_input(name: str, x: object, arch: Architecture) -> torch.Tensor:
+def _check_input(name: str, x: object, net: Network) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    want = "(N, C, H, W)" if arch.family == "cnn" else "(N, D)"
-    if x.ndim != (4 if arch.family == "cnn" else 2):
-        raise ValueError(f"{name} must have shape {want} for a {arch.family} architecture, got shape {tuple(x.shape)}")
+    want = "(N, C, H, W)" if net.family == "cnn" else "(N, D)"
+    if x.ndim != (4 if net.family == "cnn" else 2):
+        raise ValueError(f"{name} must have shape {want} for a {net.family} network, got shape {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"{name} must be float32 or float64, got {x.dtype}: convert it with .double() or .float()")
     if any(s == 0 for s in x.shape[1:]):
@@ -76,7 +105,7 @@ def _check_input(name: str, x: object, arch: Architecture) -> torch.Tensor:
 def kernel(
     x1: torch.Tensor,
     x2: torch.Tensor | None,
-    arch: Architecture,
+    arch: Any,
     kind: str = "ntk",
     *,
     backend: str = "auto",
@@ -86,55 +115,52 @@ def kernel(
     tile_size: int = 256,
     progress: bool | None = None,
 ) -> torch.Tensor:
-    """Exact infinite-width kernel matrix of ``arch`` between x1 and x2.
+    """Exact infinite-width kernel matrix of the network ``arch`` between x1 and x2.
 
-    x1: (N1, C, H, W) for cnn, (N1, D) for fc; float32 or float64.  x2: same trailing shape,
-    dtype and device, or None for x1 itself (then only the upper triangle is computed and the
-    self pairs use rho = 1 exactly).  kind: "ntk" or "nngp".
-    backend: "auto" (fastest available for the device), or a name from ``available_backends()``.
-    device: where to compute (default: x1's device); the result comes back on x1's device.
-    batch_size: pairs evaluated together; default chosen so that one step's working memory stays
-        under ``memory_mb`` MiB, so memory is bounded by this setting, never by N.
-    tile_size: images per tile side; a progress bar over tiles is shown when ``progress`` is True,
-        or by default when there is more than one tile.
+    arch: a ``cntk.Network`` (``cntk.layers``) or a ``cntk.Architecture`` (the paper's family).
+    x1: (N1, C, H, W) for convolutional networks, (N1, D) for fully-connected ones; float32 or
+    float64.  x2: same trailing shape, dtype and device, or None for x1 itself (then only the upper
+    triangle is computed and the self pairs use rho = 1 exactly).  kind: "ntk" or "nngp".
+    backend: "auto" (the fastest backend that computes this network on the device), or a name
+    from ``available_backends()``.  device: where to compute (default: x1's device); the result
+    comes back on x1's device.  batch_size: pairs evaluated together; default chosen so that one
+    step's working memory stays under ``memory_mb`` MiB, so memory is bounded by this setting,
+    never by N.  tile_size: images per tile side; a progress bar over tiles is shown when
+    ``progress`` is True, or by default when there is more than one tile.
     Returns an (N1, N2) tensor in x1's dtype.
     """
-    if not isinstance(arch, Architecture):
-        raise ValueError(f"arch must be a cntk.Architecture, got {type(arch).__name__}")
+    try:
+        net = as_network(arch)
+    except (ValueError, NetworkError) as err:
+        raise ValueError(str(err)) from None
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}: use one of {KINDS}")
-    _check_input("x1", x1, arch)
+    _check_input("x1", x1, net)
     symmetric = x2 is None
     if not symmetric:
-        _check_input("x2", x2, arch)
+        _check_input("x2", x2, net)
         if x2.shape[1:] != x1.shape[1:]:
             raise ValueError(f"x1 and x2 must agree in every dimension but N: {tuple(x1.shape)} vs {tuple(x2.shape)}")
         if x2.dtype != x1.dtype:
             raise ValueError(f"x1 and x2 must have the same dtype, got {x1.dtype} and {x2.dtype}")
-    if backend != "auto" and _load(backend) is None:
-        why = f" ({_UNAVAILABLE[backend]})" if backend in _UNAVAILABLE else ""
-        raise ValueError(f"backend {backend!r} is not available{why}: use 'auto' or one of {available_backends()}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}")
+    try:
+        shapes = net.shapes(tuple(x1.shape[1:]))
+    except NetworkError as err:
+        raise ValueError(str(err)) from None
 
     out_device = x1.device
     dev = torch.device(device) if device is not None else x1.device
+    impl = choose_backend(net, dev, backend)
     a = x1.to(dev)
     b = a if symmetric else x2.to(dev)
-    if arch.family == "fc":
-        impl: ModuleType = fc
-    else:
-        name = _auto_backend(dev) if backend == "auto" else backend
-        impl = _CNN_BACKENDS[name]
-        if not _supports(impl, dev):
-            raise ValueError(f"backend {name!r} does not run on device {dev}: use backend='auto'")
     if batch_size is None:
         per_pair = getattr(impl, "bytes_per_pair", None)
-        batch_size = (
-            max(1, int(memory_mb * 2**20 // per_pair(tuple(a.shape[1:]), arch, a.element_size()))) if per_pair else 1
-        )
+        batch_size = (max(1, int(memory_mb * 2**20 // per_pair(tuple(a.shape[1:]), net, a.element_size())))
+                      if per_pair else 1)
 
     n1, n2 = len(a), len(b)
     out = torch.zeros(n1, n2, dtype=a.dtype, device=dev)
@@ -144,17 +170,17 @@ def kernel(
     tiles = [(r, c) for r in starts1 for c in range(r if symmetric else 0, n2, tile_size)]
     total = sum(_n_pairs(r, c, n1, n2, tile_size, symmetric) for r, c in tiles)
     show = progress if progress is not None else len(tiles) > 1
-    with torch.no_grad(), tqdm(total=total, disable=not show, unit="pair", desc=f"{kind} {arch.family}") as bar:
+    with torch.no_grad(), tqdm(total=total, disable=not show, unit="pair", desc=f"{kind} {net.family}") as bar:
         for r in starts1:
             xa = a[r : r + tile_size]
-            sa = impl.prepare(xa, arch)
+            sa = impl.prepare(xa, net, shapes)
             for c in (c for rr, c in tiles if rr == r):
                 xb = b[c : c + tile_size]
                 if symmetric and c == r:
-                    out[r : r + len(xa), c : c + len(xb)] = impl.tile(xa, sa, xa, sa, arch, kind, True, batch_size)
+                    out[r : r + len(xa), c : c + len(xb)] = impl.tile(xa, sa, xa, sa, net, shapes, kind, True, batch_size)
                 else:
-                    sb = impl.prepare(xb, arch)  # O(n P L): negligible beside the tile's pairs
-                    block = impl.tile(xa, sa, xb, sb, arch, kind, False, batch_size)
+                    sb = impl.prepare(xb, net, shapes)  # O(n P L): negligible beside the tile's pairs
+                    block = impl.tile(xa, sa, xb, sb, net, shapes, kind, False, batch_size)
                     out[r : r + len(xa), c : c + len(xb)] = block
                     if symmetric:
                         out[c : c + len(xb), r : r + len(xa)] = block.T
@@ -169,5 +195,4 @@ def _n_pairs(r: int, c: int, n1: int, n2: int, t: int, symmetric: bool) -> int:
     return h * (h + 1) // 2 if symmetric and r == c else h * w
 
 
-
-__all__ = ["kernel", "available_backends", "register_backend", "KINDS"]
+__all__ = ["kernel", "available_backends", "backends_for", "choose_backend", "register_backend", "KINDS"]

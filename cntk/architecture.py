@@ -1,17 +1,21 @@
-"""One architecture description for both the exact kernel and the finite net.
+"""The paper's family of networks as a preset of the layer vocabulary (``cntk.layers``): one
+description for both the exact kernel and the finite net.
 
 Conventions (Arora et al. 2019, design.md section 2): ReLU, c_sigma = 2, q x q filters (q = 3),
 stride 1, zero ("SAME") padding, no bias.  ``depth`` counts the conv (or hidden) layers plus the
 readout, so a net of depth d has L = d - 1 ReLU layers.  ``fix_first_last`` is the paper's "fix":
-the first and the last layer are not trained.
+the first and the last layer are not trained.  Beyond the paper: ``activation`` ("relu", "abrelu"
+with slopes abrelu_a / abrelu_b, "erf"), ``bias_var`` (bias variance of every layer; 0: none) and
+the ``myrtle`` family (Shankar et al. 2020: pooled conv stages, GAP; depth 5, 7 or 10).
+``network()`` gives the layers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-FAMILIES = ("cnn", "fc")
+FAMILIES = ("cnn", "fc", "myrtle")
 READOUTS = ("gap", "flatten")
-ACTIVATIONS = ("relu",)
+ACTIVATIONS = ("relu", "abrelu", "erf")
 C_SIGMA = 2.0
 
 
@@ -27,12 +31,15 @@ class ArchitectureError(ValueError):
 class Architecture:
     """A bias-free ReLU network, described once.
 
-    family: "cnn" (conv layers on (C, H, W) images) or "fc" (dense layers on (D,) vectors).
+    family: "cnn" (conv layers on (C, H, W) images), "fc" (dense layers on (D,) vectors) or
+        "myrtle" (pooled conv stages on images; depth 5, 7 or 10; GAP readout).
     depth: number of conv/hidden layers + 1 (the paper's convention); at least 2.
     readout: "gap" (global average pooling, then a linear readout) or "flatten" (the paper's
         vanilla CNTK-V); ignored for "fc".
     fix_first_last: the paper's "fix": first and last layer frozen.
     filter_size: q, odd, the conv filter is q x q.
+    activation: "relu" (the paper), "abrelu" (abrelu_a min(x, 0) + abrelu_b max(x, 0)), "erf".
+    bias_var: the variance of every layer's bias (0: no bias, the paper).
     """
 
     family: str = "cnn"
@@ -41,6 +48,9 @@ class Architecture:
     fix_first_last: bool = False
     filter_size: int = 3
     activation: str = "relu"
+    abrelu_a: float = 0.0
+    abrelu_b: float = 1.0
+    bias_var: float = 0.0
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -63,11 +73,42 @@ class Architecture:
                 "fix_first_last",
                 "fix_first_last with depth 2 freezes every layer (the NTK is 0): use depth >= 3 or fix_first_last=False"
             )
+        if self.family == "myrtle":
+            from .layers import MYRTLE_STAGES
+
+            if self.depth not in MYRTLE_STAGES:
+                raise ArchitectureError("depth", f"myrtle depth must be one of {sorted(MYRTLE_STAGES)}, got {self.depth}")
+            if self.readout != "gap":
+                raise ArchitectureError("readout", "myrtle networks end with global average pooling: use readout gap")
+            if self.fix_first_last:
+                raise ArchitectureError("fix_first_last", "the myrtle preset trains every layer: use fix_first_last=False")
+        if self.activation != "abrelu" and (self.abrelu_a, self.abrelu_b) != (0.0, 1.0):
+            raise ArchitectureError("abrelu_a", "abrelu_a / abrelu_b shape the abrelu activation only: set activation=abrelu")
+        for name in ("abrelu_a", "abrelu_b", "bias_var"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
+                raise ArchitectureError(name, f"{name} must be a finite number, got {v!r}")
+        if self.bias_var < 0:
+            raise ArchitectureError("bias_var", f"bias_var must be >= 0 (0: no bias), got {self.bias_var}")
 
     @property
     def n_relu_layers(self) -> int:
         """L = depth - 1: the number of conv (or hidden) ReLU layers."""
         return self.depth - 1
+
+    def network(self):
+        """This architecture in the layer vocabulary (``cntk.layers``): the preset it names."""
+        from . import layers
+
+        act = {"relu": layers.ReLU(), "erf": layers.Erf(),
+               "abrelu": layers.ABReLU(a=float(self.abrelu_a), b=float(self.abrelu_b))}[self.activation]
+        b_var = float(self.bias_var) if self.bias_var else None
+        if self.family == "fc":
+            return layers.fc_net(self.depth, fix_first_last=self.fix_first_last, act=act, b_var=b_var)
+        if self.family == "myrtle":
+            return layers.myrtle(self.depth, filter_size=self.filter_size, act=act, b_var=b_var)
+        return layers.paper_cnn(self.depth, self.readout, fix_first_last=self.fix_first_last,
+                                filter_size=self.filter_size, act=act, b_var=b_var)
 
     @property
     def relu_scale(self) -> float:

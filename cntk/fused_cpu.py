@@ -28,6 +28,11 @@ hardware square root; divisions and square roots are IEEE (fast-math only contra
 constant is cast to the input dtype, so float32 is computed in float32 throughout; the per-pair
 totals are accumulated in float64.
 
+Networks.  The chain form of ``cntk.layers`` with one activation for every layer, ReLU or
+ABReLU (a min(x, 0) + b max(x, 0) = (b - a) relu(x) + a x: the ReLU rows scaled by (b - a)^2 plus a
+second pass for the a b terms, skipped for ReLU), per-layer scales and biases, trained or frozen
+layers; other activations and pooled networks go to ``planes`` / ``reference`` (``supports``).
+
 Threads.  Work items (a block of 8 pairs, and for GAP with few pairs a cost-balanced group of
 planes) are cut into a few chunks per thread and run by ``nogil`` compiled code on a thread pool of
 ``numba.get_num_threads()`` workers: dynamic scheduling, and no parfor compilation (a prange
@@ -47,7 +52,10 @@ import torch
 from numba import njit, types
 from numba.extending import overload
 
-from .architecture import Architecture
+from .layers import ABReLU, Chain, Network, ReLU, chain, family_chain
+
+NAME = "numba"
+PRIORITY = 30
 
 _B = 8  # pairs per block: one SIMD lane each (8 float32 fill an AVX2 register)
 
@@ -229,6 +237,23 @@ def _relu_row(sg, tr, se, xo, s2b, yo, n, c, kf, dk, dt, do):
 
 
 @njit(fastmath=_FM, cache=True)
+def _abrelu_row(sg, tr, se, xo, s2b, yo, n, c2, za, zb, kf, dk, dt, do):
+    """The a b terms of ABReLU added to a row that ``_relu_row`` wrote with (b - a)^2 scales:
+    K += c2 cov and Kdot Theta + kf K += kd Theta + kf c2 cov, with c2 = s a b, cov the clamped
+    Sigma (a self pair's +huge becomes its rho = 1 covariance), kd = c2 where both variances are
+    positive, za = s a (a + b) / 2 where one is zero and zb = s a^2 where both are."""
+    zero = _cst(sg, 0.0)
+    for k in range(np.uint64(n)):
+        nx = se[xo + k]
+        ny = s2b[yo + k]
+        norm = nx * ny
+        cv = min(max(sg[k], -norm), norm)
+        kd = c2 if norm > zero else (za if (nx > zero or ny > zero) else zb)
+        dk[do + k] += c2 * cv
+        dt[do + k] += kd * tr[k] + kf * (c2 * cv)
+
+
+@njit(fastmath=_FM, cache=True)
 def _zero_border(buf, hh, ww, r):
     """Zero the border (r rows above and below, r columns left and right) of a block-layout plane."""
     zero = _cst(buf, 0.0)
@@ -250,13 +275,16 @@ def _zero_border(buf, hh, ww, r):
 
 
 @njit(fastmath=_FM, cache=True)
-def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, c, fix, ntk, bufs, rows, tot):
+def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, bufs, rows, tot):
     """Add to tot[lane] the sum over the plane of offset (di, dj) of the last layer's Theta (ntk) or
     Sigma (nngp) of the pair (x1[a], x2[cb * B + lane]), for the B lanes of block cb at once.
 
     xe (C, H, W, B), se (L, H, W, B): x1[a] and its std maps, each value repeated B times (flat);
     x2b (NB, C, H, W, B), s2b (NB, L, H, W, B): lane-interleaved blocks of x2 and its std maps
     (flat); shape = (C, H, W, L); exl: the lane whose image is x1[a] itself, or -1.
+    prm (7, L + 1) per layer: the ReLU-part constant s (b - a)^2 / (2 pi), the ABReLU constants c2,
+    za, zb (0 for ReLU), whether the next weight layer is trained, the bias variance of weight layer
+    ``layer``, and (column 0 of row 6) the first layer's scale and (row 6, column 1) whether it is trained.
 
     Planes are in the block layout: row u, column v, lane l at (u * S + v) * B + l, S = ww + q - 1,
     interior shifted by q // 2 with a zero border.  Layer by layer, K and Kdot Theta + K of layer h
@@ -296,31 +324,53 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, c, fix, ntk, bufs,
     # a self pair's zero plane (lane exl): rho = 1 exactly, by a Sigma that clamps to it
     exact = exl >= 0 and di == 0 and dj == 0
     huge = _cst(xe, 1e30)
+    s0 = prm[6, 0]
+    t0 = prm[6, 1] != zero
     for layer in range(n_layers):
         last = layer == n_layers - 1
-        kf = zero if (last and fix) else one  # fix: Theta^(L) = Kdot Theta^(L-1), without K^(L)
+        c = prm[0, layer]
+        c2 = prm[1, layer]
+        za = prm[2, layer]
+        zb = prm[3, layer]
+        ab = c2 != zero or za != zero or zb != zero
+        kf = prm[4, layer]  # 0 when the next weight layer is frozen (the paper's fix: Theta^(L) without K^(L))
+        b2 = prm[5, layer]
+        tb = b2 if (layer == 0 and t0) or (layer > 0 and prm[4, layer - 1] != zero) else zero  # a trained bias
         for u in range(hh):
             _box_row(pka, u, sb, q, vsr, sg, n)
+            if layer == 0 and s0 != one:
+                for k in range(un):
+                    sg[k] *= s0
+            if b2 != zero:
+                for k in range(un):
+                    sg[k] += b2
             if exact:
-                if ntk and layer == 0 and not fix:  # Theta^(0) = Sigma^(0): keep the true values
+                if ntk and layer == 0 and t0:  # Theta^(0) = Sigma^(0): keep the true values
                     for k in range(un):
                         tr[k] = sg[k]
                 for v in range(ww):
                     sg[v * _B + exl] = huge
             if ntk and layer > 0:
                 _box_row(pta, u, sb, q, vsr, tr, n)
+                if tb != zero:
+                    for k in range(un):
+                        tr[k] += tb
             xo = np.uint64(((layer * h + i0 + u) * w + j0) * _B)
             yo = np.uint64((((cb * n_layers + layer) * h + i0 + u + di) * w + j0 + dj) * _B)
-            # Theta^(0) = Sigma^(0), or 0 with fix (tr stays zero)
-            theta = sg if (ntk and layer == 0 and not fix and not exact) else tr
+            # Theta^(0) = Sigma^(0), or 0 when the first layer is frozen (tr stays zero)
+            theta = sg if (ntk and layer == 0 and t0 and not exact) else tr
             if last:
                 _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
+                if ab:
+                    _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, rk, rt, np.uint64(0))
                 fin = rt if ntk else rk
                 for k in range(un):
                     acc[k] += fin[k]
             else:
                 po = np.uint64(((u + r) * s_ + r) * _B)
                 _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
+                if ab:
+                    _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, pkb, ptb, po)
         pka, pkb = pkb, pka
         pta, ptb = ptb, pta
     # pairwise fold of the ww positions of acc, then into the lanes' float64 totals
@@ -350,7 +400,7 @@ def _spread(src, a, dst):
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, c, fix, ntk, lo, hi, out):
+def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, ntk, lo, hi, out):
     """Work items lo..hi-1 (item = block * n_groups + group): out[blk, g, lane] = sum over the planes
     of group g of the pair (x1[ia[blk]], x2[icb[blk] * B + lane]).  Releases the GIL."""
     n_groups = gstart.shape[0] - 1
@@ -373,22 +423,50 @@ def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, c, fi
         tot[:] = 0.0
         for k in range(gstart[g], gstart[g + 1]):
             _plane_block(
-                xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, c, fix, ntk, bufs, rows, tot
+                xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, bufs, rows, tot
             )
         for lane in range(_B):
             out[blk, g, lane] = tot[lane]
 
 
-def supports(device: torch.device) -> bool:
-    """CPU only."""
-    return torch.device(device).type == "cpu"
+def supports(net: Network, device: torch.device) -> str | None:
+    """CPU; CNN chains whose activations are all one ReLU or one ABReLU."""
+    if torch.device(device).type != "cpu":
+        return "it runs on the CPU only"
+    reason = family_chain(net, "cnn")
+    if reason is not None:
+        return reason
+    c = chain(net)
+    if len(set(c.acts)) != 1 or not isinstance(c.acts[0], (ReLU, ABReLU)):
+        return f"it compiles ReLU and ABReLU only, one for every layer (got {', '.join(sorted({a.name for a in c.acts}))})"
+    return None
+
+
+def params(c: Chain, channels: int, dtype) -> np.ndarray:
+    """The (7, L + 1) constants of ``_plane_block`` for chain c (module docstring)."""
+    n = c.n_relu_layers
+    prm = np.zeros((7, n + 1), dtype=dtype)
+    act = c.acts[0]
+    a, b = (float(act.a), float(act.b)) if isinstance(act, ABReLU) else (0.0, 1.0)
+    for layer in range(n):
+        s = c.scale(layer + 1)
+        prm[0, layer] = s * (b - a) ** 2 / (2.0 * math.pi) if (a, b) != (0.0, 1.0) else s / (2.0 * math.pi)
+        prm[1, layer] = s * a * b
+        prm[2, layer] = s * a * (a + b) / 2
+        prm[3, layer] = s * a * a
+        prm[4, layer] = 1.0 if c.trainable[layer + 1] else 0.0
+        prm[5, layer] = c.b2[layer]
+    prm[6, 0] = c.scale(0, channels)
+    prm[6, 1] = 1.0 if c.trainable[0] else 0.0
+    return prm
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _prepare_kernel(x, q, n_layers, half_scale, out):
+def _prepare_kernel(x, q, n_layers, coef, bias, s0, out):
     """out[n, h - 1] = sqrt(Sigma^(h-1)(x, x)[p, p]) (flat (N, L, H, W)), the closed form of
-    ``planes.prepare``: on the self pair's zero plane rho = 1, so Sigma^(h) = box((scale / 2)
-    Sigma^(h-1)) there.  x: flat (N, C, H, W); shape taken from out."""
+    ``planes.prepare``: on the self pair's zero plane rho = 1, so Sigma^(h) = box(coef[h - 1]
+    Sigma^(h-1)) + bias[h] there (coef: the next layer's scale times E[phi(u)^2] / var);
+    Sigma^(0) = s0 box(x . x) + bias[0].  x: flat (N, C, H, W); shape taken from out."""
     n_img, _, h, w = out.shape
     n_c = x.shape[0] // (n_img * h * w)
     r = q // 2
@@ -429,26 +507,36 @@ def _prepare_kernel(x, q, n_layers, half_scale, out):
                     for j in range(uw):
                         flat[oo + j] += vsr[j + ut]
             base = np.uint64((img * n_layers + layer) * h * w)
+            scl = s0 if layer == 0 else _cst(x, 1.0)
+            b2 = bias[layer]
+            cf = coef[layer]
             for i in range(h):
                 po = np.uint64((i + r) * s_ + r)
                 oo = base + np.uint64(i * w)
                 for j in range(uw):
-                    var = max(flat[oo + j], zero)
-                    pad[po + j] = var * half_scale
+                    var = max(flat[oo + j] * scl + b2, zero)
+                    pad[po + j] = var * cf
                     flat[oo + j] = math.sqrt(var)
 
 
-def prepare(x: torch.Tensor, arch: Architecture) -> torch.Tensor:
+def prepare(x: torch.Tensor, net: Network | Chain, shapes=None) -> torch.Tensor:
     """sqrt(Sigma^(h-1)(x, x)[p, p]) for h = 1..L, shape (N, L, H, W), as ``planes.prepare`` (in
     compiled code: a few small torch ops per image cost more than this whole loop)."""
+    c = net if isinstance(net, Chain) else chain(net)
     a = _np(x)
-    out = np.empty((a.shape[0], arch.n_relu_layers, a.shape[2], a.shape[3]), dtype=a.dtype)
+    n = c.n_relu_layers
+    out = np.empty((a.shape[0], n, a.shape[2], a.shape[3]), dtype=a.dtype)
+    act = c.acts[0]
+    half = (float(act.a) ** 2 + float(act.b) ** 2) / 2 if isinstance(act, ABReLU) else 0.5
+    coef = np.array([c.scale(layer + 1) * half if half != 0.5 else c.scale(layer + 1) / 2 for layer in range(n)],
+                    dtype=a.dtype)
+    bias = np.array([c.b2[layer] for layer in range(n)], dtype=a.dtype)
     if out.size:
-        _prepare_kernel(a.reshape(-1), arch.filter_size, arch.n_relu_layers, a.dtype.type(arch.relu_scale / 2), out)
+        _prepare_kernel(a.reshape(-1), c.filter_size, n, coef, bias, a.dtype.type(c.scale(0, a.shape[1])), out)
     return torch.from_numpy(out)
 
 
-def bytes_per_pair(shape: tuple[int, int, int], arch: Architecture, itemsize: int) -> int:
+def bytes_per_pair(shape: tuple[int, int, int], net: Network, itemsize: int) -> int:
     """Memory that grows with the pairs of one call: block indices and per-group totals, tens of bytes.
     The rest is per worker thread and independent of the pairs: four (H + q - 1)(W + q - 1) x B plane
     buffers and the (C + L) H W x B spread image of x1 (B = 8), so the default batch is a whole tile."""
@@ -496,27 +584,26 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return _POOL[2]
 
 
-def block_values(x1, s1, x2b, s2b, ia, icb, exl, arch: Architecture, kind: str) -> np.ndarray:
+def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str) -> np.ndarray:
     """(n_blocks, B) float64 kernel values of the pairs (x1[ia[k]], x2[icb[k] * B + lane]); numpy in and out.
 
     Work items (block, group of planes) are cut into a few chunks per thread and run by nogil
     compiled code on a thread pool (dynamic scheduling: a slow core does not hold the others)."""
     _, _, h, w = x1.shape
-    gap = arch.readout == "gap"
+    gap = c.readout == "gap"
     dis, djs = _planes(h, w, gap)
     n_threads = _threads()
     n_blocks = len(ia)
     want = 1 if not gap else min(len(dis), max(1, -(-4 * n_threads // max(n_blocks, 1))))
-    gstart = _groups(dis, djs, h, w, arch.filter_size, want)
+    gstart = _groups(dis, djs, h, w, c.filter_size, want)
     n_items = n_blocks * (len(gstart) - 1)
     out = np.zeros((n_blocks, len(gstart) - 1, _B), dtype=np.float64)
     if n_items == 0:
         return out.sum(1)
     shape = (x1.shape[1], h, w, s1.shape[1])
-    c = x1.dtype.type(arch.relu_scale / (2.0 * math.pi))
     args = (
         x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), shape, ia, icb, exl, dis, djs, gstart,
-        arch.filter_size, c, bool(arch.fix_first_last), kind == "ntk",
+        c.filter_size, params(c, x1.shape[1], x1.dtype), kind == "ntk",
     )
     n_chunks = min(n_items, 4 * n_threads) if n_threads > 1 else 1
     cuts = [k * n_items // n_chunks for k in range(n_chunks + 1)]
@@ -527,17 +614,20 @@ def block_values(x1, s1, x2b, s2b, ia, icb, exl, arch: Architecture, kind: str) 
         for job in jobs:
             job.result()
     vals = out.sum(1)
-    return vals / float(h * w) ** 2 if gap else vals
+    vals = vals / float(h * w) ** 2 if gap else vals
+    bias = c.b2[-1]  # the readout's bias
+    return vals + bias if bias and (kind == "nngp" or c.trainable[-1]) else vals
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu").contiguous().numpy()
 
 
-def tile(x1, s1, x2, s2, arch: Architecture, kind: str, symmetric: bool, batch_size: int) -> torch.Tensor:
+def tile(x1, s1, x2, s2, net: Network, shapes, kind: str, symmetric: bool, batch_size: int) -> torch.Tensor:
     """All pairs of two image blocks (upper triangle only when symmetric).  Pairs go in blocks of B
     (one x1 image against B consecutive x2 images, one SIMD lane each), about ``batch_size`` pairs
     (at least one block) per parallel call."""
+    c = chain(net)
     n1, n2 = len(x1), len(x2)
     a, sa = _np(x1), _np(s1)
     n_blocks = -(-n2 // _B)
@@ -554,7 +644,7 @@ def tile(x1, s1, x2, s2, arch: Architecture, kind: str, symmetric: bool, batch_s
     step = max(1, int(batch_size) // _B)
     for start in range(0, len(ia), step):
         sl = slice(start, start + step)
-        vals[sl] = block_values(a, sa, x2b, s2b, ia[sl], icb[sl], exl[sl], arch, kind)
+        vals[sl] = block_values(a, sa, x2b, s2b, ia[sl], icb[sl], exl[sl], c, kind)
     cols = icb[:, None] * _B + np.arange(_B)
     rows = np.broadcast_to(ia[:, None], cols.shape)
     keep = (cols < n2) & (cols >= rows) if symmetric else cols < n2

@@ -33,6 +33,9 @@ a polynomial fitted for each dtype (relative error 1e-9 for float32, 5e-18 for f
 acos(x) = 2 asin(sqrt((1 - |x|) / 2)) for |x| > 1/2.  Self pairs use rho = 1 exactly on their
 zero-offset fold.  Zero variance gives K = Kdot = 0.
 
+Networks: the paper's own family only (``cntk.layers.Chain.paper_family``: ReLU, c_sigma = 2, no
+bias, all layers trained or the paper's fix); others go to the CPU backends (``supports``).
+
 Availability: importing needs triton (ImportError otherwise, handled by ``cntk.api``); CUDA
 devices are supported, and CPU tensors only when TRITON_INTERPRET=1 (Triton's interpreter, for
 tests).  The mode is read when a kernel is launched, not when this module is imported.
@@ -48,9 +51,12 @@ import triton
 import triton.language as tl
 
 from . import planes
-from .architecture import Architecture
+from .layers import Chain, Network, chain
 
 __all__ = ["prepare", "tile", "supports", "bytes_per_pair"]
+NAME = "triton"
+PRIORITY = 40
+AUTO_DEVICES = ("cuda",)  # "auto" never picks the CPU interpreter (a test tool)
 
 # asin(s) = s + s z P(z), z = s^2, s in [0, 1/2]; P fitted (Chebyshev nodes, 50-digit arithmetic)
 # to a relative error of 1.0e-9 (degree 5, float32) and 5.1e-18 (degree 12, float64) in asin.
@@ -309,25 +315,31 @@ def _kernel(interpret: bool):
 # ---------------------------------------------------------------------------------------------
 
 
-def supports(device: torch.device | str) -> bool:
-    """CUDA devices (when torch sees one); CPU only under TRITON_INTERPRET=1 (the interpreter)."""
+def supports(net: Network, device: torch.device | str) -> str | None:
+    """CUDA devices (when torch sees one), the CPU only under TRITON_INTERPRET=1 (the interpreter);
+    the paper's family of networks."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return _interpreting() or torch.cuda.is_available()
-    if device.type == "cpu":
-        return _interpreting()
-    return False
+    ok = (_interpreting() or torch.cuda.is_available()) if device.type == "cuda" else (
+        device.type == "cpu" and _interpreting())
+    if not ok:
+        return "it runs on CUDA devices (on the CPU only under TRITON_INTERPRET=1)"
+    c = chain(net)
+    if isinstance(c, str):
+        return c
+    if c.family != "cnn" or not c.paper_family:
+        return "it computes the paper's family only (ReLU, c_sigma = 2, no bias, fix or not)"
+    return None
 
 
-def prepare(x: torch.Tensor, arch: Architecture) -> torch.Tensor:
+def prepare(x: torch.Tensor, net: Network, shapes=None) -> torch.Tensor:
     """Per-image sqrt-diagonals, (N, L, H, W): those of ``cntk.planes``."""
-    return planes.prepare(x, arch)
+    return planes.prepare(x, net)
 
 
-def bytes_per_pair(shape: tuple[int, int, int], arch: Architecture, itemsize: int) -> int:
+def bytes_per_pair(shape: tuple[int, int, int], net: Network, itemsize: int) -> int:
     """Main memory per pair of one launch: at most one float64 partial per fold, plus indices."""
     _, h, w = shape
-    return (h * w if arch.readout == "gap" else 1) * 8 + 16
+    return (h * w if chain(net).readout == "gap" else 1) * 8 + 16
 
 
 _PROGRAMS_PER_SM: dict[tuple, int] = {}
@@ -354,7 +366,7 @@ def _programs_per_sm(kern, args: tuple, consts: dict, warps: int, device: torch.
     return _PROGRAMS_PER_SM[key]
 
 
-def _pairs(x1, s1, x2, s2, ii, jj, arch: Architecture, kind: str, symmetric: bool) -> torch.Tensor:
+def _pairs(x1, s1, x2, s2, ii, jj, arch: Chain, kind: str, symmetric: bool) -> torch.Tensor:
     """Kernel values of the pairs (x1[ii], x2[jj]) as float64, one launch."""
     n_pairs = len(ii)
     _, c, h, w = x1.shape
@@ -400,8 +412,9 @@ def _pairs(x1, s1, x2, s2, ii, jj, arch: Architecture, kind: str, symmetric: boo
     return total if arch.readout == "flatten" else total / float(h * w) ** 2
 
 
-def tile(x1, s1, x2, s2, arch: Architecture, kind: str, symmetric: bool, batch_size: int) -> torch.Tensor:
+def tile(x1, s1, x2, s2, net: Network, shapes, kind: str, symmetric: bool, batch_size: int) -> torch.Tensor:
     """All pairs of two image blocks (upper triangle and mirror when symmetric), ``batch_size`` per launch."""
+    arch = chain(net)
     if x1.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the triton backend computes in float32 or float64, got {x1.dtype}")
     if kind not in ("ntk", "nngp"):

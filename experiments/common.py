@@ -105,9 +105,11 @@ def set_threads(threads: int) -> int:
 
 
 def net_name(readout: str, depth: int, family: str = "cnn") -> str:
-    """'CNN-GAP, depth 3', 'CNN-V, depth 3' or 'FC, depth 3'."""
+    """'CNN-GAP, depth 3', 'CNN-V, depth 3', 'FC, depth 3' or 'Myrtle-5'."""
     if family == "fc" or readout == "none":
         return f"FC, depth {depth}"
+    if family == "myrtle":
+        return f"Myrtle-{depth}"
     return f"CNN-{'GAP' if readout == 'gap' else 'V'}, depth {depth}"
 
 

@@ -107,12 +107,15 @@ class ModelConfig:
     Experiments that sweep depth, readout or width (``experiment.depths`` ...) take an explicit
     ``model.depth`` / ``model.readout`` / ``model.width`` as a one-value grid (experiments/overrides.py)."""
 
-    family: str = "cnn"
+    family: str = "cnn"  # cnn | fc | myrtle
     depth: int = 3
     readout: str = "gap"
     fix_first_last: bool = False
     filter_size: int = 3
-    activation: str = "relu"
+    activation: str = "relu"  # relu | abrelu | erf
+    abrelu_a: float = 0.0  # abrelu: a min(x, 0) + b max(x, 0)
+    abrelu_b: float = 1.0
+    bias_var: float = 0.0  # variance of every layer's bias (0: none, the paper)
     width: int = 256
 
     def __post_init__(self) -> None:
@@ -122,7 +125,7 @@ class ModelConfig:
     def architecture(self, **override: Any) -> Architecture:
         """The one architecture description for both the finite net and its exact kernel."""
         fields = {k: getattr(self, k) for k in ("family", "depth", "readout", "fix_first_last", "filter_size",
-                                                 "activation")}
+                                                 "activation", "abrelu_a", "abrelu_b", "bias_var")}
         try:
             return Architecture(**{**fields, **override})
         except ArchitectureError as err:

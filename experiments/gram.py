@@ -33,7 +33,7 @@ class StoreConfig(ExperimentConfig):
     AXES: ClassVar[dict[str, str]] = {"model.readout": "readout", "model.depth": "depth", "experiment.kind": "kind"}
     REFUSED: ClassVar[dict[str, str]] = {"model.width": "the exact kernel has no width (it is the infinite-width "
                                                         "limit): remove model.width"}
-    store: str | None = None  # default: stores/DATA-READOUT-dDEPTH[-fix][-qQ]-NTRAINxNTEST-KIND-DTYPE[-seedS]
+    store: str | None = None  # default: stores/DATA-READOUT-dDEPTH[-fix][-qQ][-ACT][-biasB]-NTRAINxNTEST-KIND-DTYPE[-seedS]
     kind: str = "ntk"
 
     def __post_init__(self) -> None:
@@ -65,9 +65,14 @@ def store_path(cfg: RunConfig | dict[str, Any]) -> Path:
     if get("experiment.store"):
         return Path(get("experiment.store"))
     family, readout = get("model.family"), get("model.readout")
-    name = [get("data.name"), "fc" if family == "fc" else readout, f"d{get('model.depth')}"]
+    name = [get("data.name"), {"cnn": readout}.get(family, family), f"d{get('model.depth')}"]
     name += ["fix"] * bool(get("model.fix_first_last"))
     name += [f"q{get('model.filter_size')}"] * (family != "fc" and get("model.filter_size") != 3)
+    act = get("model.activation") or "relu"
+    if act == "abrelu":
+        act = f"abrelu{get('model.abrelu_a'):g}_{get('model.abrelu_b'):g}"
+    name += [act] * (act != "relu")
+    name += [f"bias{get('model.bias_var'):g}"] * bool(get("model.bias_var"))
     name += [f"{get('data.n_train')}x{get('data.n_test')}", get("experiment.kind"), get("dtype")]
     name += [f"seed{get('data.seed')}"] * bool(get("data.seed"))
     return Path("stores") / "-".join(str(p) for p in name)

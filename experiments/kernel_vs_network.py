@@ -13,7 +13,8 @@ Every hyperparameter (route / kappa, learning rate, number of epochs) is chosen 
 architecture and width on ``data.n_val`` validation images carved from the training pool (never on
 the test set): one run per grid point (seed 0) for ``epochs`` epochs, the best validation accuracy
 over the grid and the epochs decides (ties go to the later epoch: the more fully trained net); then
-every seed is trained with the choice.  Kernel
+every seed is trained with the choice (a seed whose training diverges with it takes the next best
+setting of the ranking; ``choice_rank`` in its row says so).  Kernel
 regression (no ridge, as in the paper) uses the same training images.  Rows keep which test images
 each model classifies correctly, for bootstrap intervals and paired (McNemar) tests.
 """
@@ -126,9 +127,10 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
         return finite_nets.train_sgd(net, xtr, data.y_train, x_eval, y_eval, loss="cross_entropy", lr=hp["lr"], **opts)
 
     def choose(ctx, family, arch, width):
-        """Hyperparameters and epochs with the best validation accuracy (seed 0 runs); selection rows."""
+        """The grid ranked by validation accuracy (seed 0 runs), each with its best epoch, best first
+        (ties keep the grid's order); selection rows."""
         xtr, xva, _ = ctx["x"]
-        best, rows = None, []
+        ranked, rows = [], []
         for hp in _grid(e, family):
             net = make(family, arch, width, 0, tuple(xtr.shape[1:]), hp)
             t0 = time.perf_counter()
@@ -140,9 +142,9 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
             epoch = len(curve) - 1 - int(np.argmax(curve[::-1]))  # the last best epoch: ties go to more training
             rows.append({"method": f"{family}_selection", "width": width, "seed": 0, **sizes, **hp,
                          "val_accuracy": curve[epoch], "epochs": epoch + 1, "seconds": time.perf_counter() - t0})
-            if best is None or curve[epoch] > best[1]:
-                best = ({**hp, "epochs": epoch + 1}, curve[epoch])
-        return best[0], best[1], rows
+            ranked.append(({**hp, "epochs": epoch + 1}, curve[epoch]))
+        ranked.sort(key=lambda r: -r[1])  # stable: ties keep the grid's order
+        return ranked, rows
 
     def measure(ctx, arch, width, seed):
         xtr, _, xte = ctx["x"]
@@ -150,13 +152,21 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
         out = []
         for family in e.families:
             if (family, width) not in ctx["chosen"]:
-                hp, val, rows = choose(ctx, family, arch, width)
-                ctx["chosen"][family, width] = (hp, val)
+                ranked, rows = choose(ctx, family, arch, width)
+                ctx["chosen"][family, width] = ranked
                 out += [{**r, "seed": -1} for r in rows]
-            hp, val = ctx["chosen"][family, width]
             t0 = time.perf_counter()
-            res = train(family, make(family, arch, width, seed, shape, hp), hp, xtr, xte, data.y_test, hp["epochs"], seed)
-            out.append({"method": f"{family}_net", **sizes, **hp, "kappa": (1.0 if hp.get("route") == "centred"
+            # the validation's choice; should it diverge for this seed, the next best one (recorded)
+            for rank, (hp, val) in enumerate(ctx["chosen"][family, width]):
+                try:
+                    res = train(family, make(family, arch, width, seed, shape, hp), hp, xtr, xte, data.y_test,
+                                hp["epochs"], seed)
+                    break
+                except finite_nets.TrainingDiverged:
+                    continue
+            else:
+                raise finite_nets.TrainingDiverged(f"every {family} setting of the grid diverged at width {width}, seed {seed}")
+            out.append({"method": f"{family}_net", **sizes, **hp, "choice_rank": rank, "kappa": (1.0 if hp.get("route") == "centred"
                                                                            else e.small_kappa) if family == "ntk" else None,
                         "val_accuracy": val, "accuracy": res.test_accuracy, "correct": stats.encode(res.test_correct.numpy()),
                         "final_train_loss": res.final_train_loss, "train_accuracy": res.train_accuracy,
@@ -208,6 +218,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                    "chosen": ", ".join(f"{k}={sel[0][k]}" for k in ("route", "kappa", "lr_fraction", "lr", "epochs")
                                        if sel[0].get(k) is not None),
                    "val_accuracy": sel[0]["val_accuracy"],
+                   "fallbacks": sum(r.get("choice_rank", 0) > 0 for r in sel),
                    "max_final_train_loss": max(r["final_train_loss"] for r in sel),
                    "min_train_accuracy": min(r["train_accuracy"] for r in sel)}
             if kc is not None:

@@ -7,6 +7,8 @@ training as in the theory, and the kernel-side predictions they are compared wit
     >>> x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
     >>> theta = finite_nets.empirical_ntk(net, x)            # (6, 6), -> cntk.kernel(x, None, arch)
 """
+from .flow import FlowRun, train_flow
+from .layered import LayerNet, empirical_nngp
 from .linearized import gd_predictions, kernel_predictions
 from .models import FiniteNet, build, default_device
 from .ntk import empirical_ntk, largest_eigenvalue
@@ -14,6 +16,10 @@ from .training import GDRun, SGDRun, TrainingDiverged, train_gd, train_sgd
 
 __all__ = [
     "FiniteNet",
+    "FlowRun",
+    "LayerNet",
+    "empirical_nngp",
+    "train_flow",
     "GDRun",
     "SGDRun",
     "TrainingDiverged",

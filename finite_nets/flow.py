@@ -30,7 +30,7 @@ import torch
 
 from .models import FiniteNet
 from .ntk import empirical_ntk
-from .training import _check_x, _predict
+from .training import _check_x, _check_y, _predict
 
 
 class FlowDidNotConverge(RuntimeError):
@@ -91,8 +91,8 @@ def train_flow(
     early times).  strict: raise FlowDidNotConverge instead of returning ``converged=False``.
     The model is copied first unless ``inplace``.
     """
-    if not isinstance(model, FiniteNet):
-        raise ValueError(f"model must be a finite_nets.FiniteNet, got {type(model).__name__}")
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "out_dim") or not hasattr(model, "check_input"):
+        raise ValueError(f"model must be a finite_nets.FiniteNet or LayerNet, got {type(model).__name__}")
     if not 0 < loss_tol < 1:
         raise ValueError(f"loss_tol must be in (0, 1) (a fraction of the initial loss), got {loss_tol}")
     if not 0 < rtol < 1:
@@ -102,13 +102,8 @@ def train_flow(
     net = model if inplace else copy.deepcopy(model)
     x_train = _check_x("x_train", x_train, net)
     x_test = None if x_test is None else _check_x("x_test", x_test, net)
-    y = torch.as_tensor(y_train).to(device=x_train.device, dtype=x_train.dtype)
-    y = y[:, None] if y.ndim == 1 else y
+    y = _check_y(y_train, x_train, net.out_dim)
     n, k = len(x_train), net.out_dim
-    if y.shape != (n, k):
-        raise ValueError(f"y_train must have shape ({n},) or ({n}, {k}), got {tuple(y_train.shape)}")
-    if not bool(torch.isfinite(y).all()):
-        raise ValueError("y_train contains NaN or inf")
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")

@@ -35,11 +35,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from cntk import Architecture
+from cntk.layers import Network
 
 
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_dtype_device(x: torch.Tensor, p: torch.Tensor, name: str) -> torch.Tensor:
+    """Raise ValueError unless x has the dtype and device of the net's parameter p."""
+    if x.dtype != p.dtype:
+        raise ValueError(f"{name} has dtype {x.dtype} but the net has {p.dtype}: convert one with .to(dtype)")
+    if x.device != p.device:
+        raise ValueError(f"{name} is on {x.device} but the net on {p.device}: move one with .to(device)")
+    return x
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -71,6 +81,9 @@ class FiniteNet(nn.Module):
         super().__init__()
         if not isinstance(arch, Architecture):
             raise ValueError(f"arch must be a cntk.Architecture, got {type(arch).__name__}")
+        if arch.family not in ("cnn", "fc") or arch.activation != "relu" or arch.bias_var:
+            raise ValueError(f"FiniteNet is the paper's family (ReLU, no bias, cnn or fc); {arch} is not: "
+                             "use finite_nets.build, which builds any network (finite_nets.layered.LayerNet)")
         width = _positive_int("width", width)
         out_dim = _positive_int("out_dim", out_dim)
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -140,12 +153,7 @@ class FiniteNet(nn.Module):
             )
         if cnn and min(x.shape[2:]) < 1:
             raise ValueError(f"{name} has an empty spatial dimension: shape {tuple(x.shape)}")
-        p = self.readout
-        if x.dtype != p.dtype:
-            raise ValueError(f"{name} has dtype {x.dtype} but the net has {p.dtype}: convert one with .to(dtype)")
-        if x.device != p.device:
-            raise ValueError(f"{name} is on {x.device} but the net on {p.device}: move one with .to(device)")
-        return x
+        return check_dtype_device(x, self.readout, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -181,6 +189,11 @@ class FiniteNet(nn.Module):
         features = a * (self.hidden_scale * self.output_scale)
         return features @ readout.T, inputs, features
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The readout's input times its scale and kappa: f = features @ readout.T (empirical NNGP)."""
+        self.check_input(x)
+        return self.propagate(x, list(self.weights), self.readout)[2]
+
     def extra_repr(self) -> str:
         a = self.arch
         return (
@@ -190,7 +203,7 @@ class FiniteNet(nn.Module):
 
 
 def build(
-    arch: Architecture,
+    arch: Architecture | Network,
     width: int,
     *,
     input_shape: Sequence[int],
@@ -199,16 +212,28 @@ def build(
     output_scale: float = 1.0,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
-) -> FiniteNet:
-    """The finite net of ``arch`` at ``width`` channels (hidden units for fc) in the NTK parameterisation.
+) -> "FiniteNet | LayerNet":
+    """The finite net of ``arch`` (a ``cntk.Architecture`` or any ``cntk.Network``) at ``width`` channels
+    (hidden units for fc) in the NTK parameterisation.
 
-    input_shape: (C, H, W) for cnn (H, W fix the flatten readout's size; GAP accepts any H, W), (D,) for fc.
-    seed: weights are drawn in float32 on the CPU from this seed, then cast, so a seed names the same
-        net on every device and in both dtypes.  out_dim: outputs (e.g. classes).  output_scale: kappa of
-        Theorem 3.2, multiplies the output (the NTK by kappa^2).  dtype: default torch's default;
-        device: default CUDA when available, else CPU.
-    Its empirical NTK tends to kappa^2 cntk.kernel(x, x', arch, "ntk") as width grows (models.py docstring).
+    The paper's family (``Architecture`` with ReLU, no bias, cnn or fc) gives a ``FiniteNet``, whose
+    structured empirical NTK is fast; any other network a ``LayerNet`` (finite_nets.layered: every
+    layer's finite half from ``cntk.layers``), whose empirical NTK is the exact jacrev contraction.
+    Both compute the same function for the same seed.
+    input_shape: (C, H, W) for image networks (H, W fix a flatten readout's size; GAP accepts any
+        H, W), (D,) for fc.  seed: weights are drawn in float32 on the CPU from this seed, then cast,
+        so a seed names the same net on every device and in both dtypes.  out_dim: outputs (e.g.
+        classes).  output_scale: kappa of Theorem 3.2, multiplies the output (the NTK by kappa^2).
+        dtype: default torch's default; device: default CUDA when available, else CPU.
+    Its empirical NTK tends to kappa^2 cntk.kernel(x, x', arch, "ntk") as width grows.
     """
-    return FiniteNet(
-        arch, width, input_shape=input_shape, out_dim=out_dim, output_scale=output_scale, seed=seed, dtype=dtype, device=device
-    )
+    if isinstance(arch, Architecture) and arch.family in ("cnn", "fc") and arch.activation == "relu" and not arch.bias_var:
+        return FiniteNet(arch, width, input_shape=input_shape, out_dim=out_dim, output_scale=output_scale, seed=seed,
+                         dtype=dtype, device=device)
+    net = arch.network() if isinstance(arch, Architecture) else arch
+    if not isinstance(net, Network):
+        raise ValueError(f"arch must be a cntk.Architecture or cntk.Network, got {type(arch).__name__}")
+    from .layered import LayerNet
+
+    return LayerNet(net, width, input_shape=input_shape, out_dim=out_dim, output_scale=output_scale, seed=seed,
+                    dtype=dtype, device=device or default_device())

@@ -66,6 +66,18 @@ def _check_x(name: str, x: object, model: FiniteNet) -> torch.Tensor:
     return x
 
 
+def _check_y(y_train: object, x_train: torch.Tensor, out_dim: int) -> torch.Tensor:
+    """Targets (N,) or (N, K) as (N, K) in x_train's dtype and device; raises ValueError otherwise."""
+    y = torch.as_tensor(y_train).to(device=x_train.device, dtype=x_train.dtype)
+    y = y[:, None] if y.ndim == 1 else y
+    n = len(x_train)
+    if y.shape != (n, out_dim):
+        raise ValueError(f"y_train must have shape ({n},) or ({n}, {out_dim}), got {tuple(torch.as_tensor(y_train).shape)}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y_train contains NaN or inf")
+    return y
+
+
 def _steps_list(name: str, values: Iterable[int] | None, steps: int, default: list[int]) -> list[int]:
     out = default if values is None else sorted({int(v) for v in values})
     bad = [v for v in out if not 0 <= v <= steps]
@@ -103,8 +115,8 @@ def train_gd(
     Raises TrainingDiverged when the loss is NaN / inf or exceeds divergence_factor times
     max(initial loss, 0.5 ||Y||^2).  The model is copied first unless ``inplace``.
     """
-    if not isinstance(model, FiniteNet):
-        raise ValueError(f"model must be a finite_nets.FiniteNet, got {type(model).__name__}")
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "out_dim") or not hasattr(model, "check_input"):
+        raise ValueError(f"model must be a finite_nets.FiniteNet or LayerNet, got {type(model).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if not 0 < lr_fraction < 2:
@@ -114,12 +126,7 @@ def train_gd(
     net = model if inplace else copy.deepcopy(model)
     x_train = _check_x("x_train", x_train, net)
     x_test = None if x_test is None else _check_x("x_test", x_test, net)
-    y = torch.as_tensor(y_train).to(device=x_train.device, dtype=x_train.dtype)
-    y = y[:, None] if y.ndim == 1 else y
-    if y.shape != (len(x_train), net.out_dim):
-        raise ValueError(f"y_train must have shape ({len(x_train)},) or ({len(x_train)}, {net.out_dim}), got {tuple(y_train.shape)}")
-    if not bool(torch.isfinite(y).all()):
-        raise ValueError("y_train contains NaN or inf")
+    y = _check_y(y_train, x_train, net.out_dim)
     evals = _steps_list("eval_steps", eval_steps, steps, [0, steps])
     drifts = _steps_list("drift_steps", drift_steps, steps, [])
 
@@ -237,8 +244,10 @@ def train_sgd(
     Raises TrainingDiverged on a NaN / inf loss.  The model is copied first unless ``inplace``.
     """
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "out_dim") or not hasattr(model, "check_input"):
-        raise ValueError(f"model must be a finite_nets.FiniteNet or StandardNet, got {type(model).__name__}")
-    if lr is None and not isinstance(model, FiniteNet):
+        raise ValueError(f"model must be a finite_nets.FiniteNet, LayerNet or StandardNet, got {type(model).__name__}")
+    from .standard import StandardNet
+
+    if lr is None and isinstance(model, StandardNet):
         raise ValueError("lr is needed for a net that is not NTK-parameterised (lr_fraction uses its NTK)")
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")

@@ -5,7 +5,7 @@
 #   scripts/figures.sh ntk_convergence prediction_equivalence     # some of them
 #
 # Names: ntk_convergence ntk_depth prediction_equivalence kernel_vs_network kernel_vs_network_fashion
-#        monte_carlo_vs_exact table1
+#        monte_carlo_vs_exact table1 myrtle
 # Refuses to run on a tree with uncommitted changes: every results file records the git commit it
 # was made from, and a committed figure must name a commit that holds the code that made it.
 # WORK (default multirun/figures_STAMP) keeps the runs; figures/NAME.* are replaced at the end of
@@ -18,7 +18,7 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
 fi
 PY="${PYTHON:-.venv/bin/python}"
 WORK="${WORK:-multirun/figures_$(date +%Y-%m-%d_%H-%M-%S)}"
-ALL=(ntk_convergence ntk_depth prediction_equivalence kernel_vs_network kernel_vs_network_fashion monte_carlo_vs_exact table1)
+ALL=(ntk_convergence ntk_depth prediction_equivalence kernel_vs_network kernel_vs_network_fashion monte_carlo_vs_exact table1 myrtle)
 NAMES=("${@:-${ALL[@]}}")
 mkdir -p figures "$WORK"
 
@@ -36,9 +36,9 @@ keep() {  # SRC_DIR DEST_NAME [FIGURE ...]: copy a run's figures and results int
 }
 declare -A FIG_AS=()  # figure -> the name it gets in figures/ (runs that draw a figure under a shared name)
 
-for name in "${NAMES[@]}"; do
-    echo "== $name ($(date +%H:%M:%S))" >&2
-    start=$SECONDS
+FAILED=()
+one() {  # NAME: one figure (a failure is reported, and the next figure still runs)
+    local name="$1"
     case "$name" in
         ntk_convergence)
             "$PY" run.py progress=false hydra.run.dir="$WORK/$name"
@@ -65,7 +65,32 @@ for name in "${NAMES[@]}"; do
             NET="$WORK/kernel_vs_network_fashion"; [ -d "$NET" ] || NET=""
             OUT="$WORK/table1" NETWORKS="$NET" scripts/table1.sh fashion_mnist local_parallel 2 progress=false
             for f in "$WORK"/table1/report/table1.*; do cp "$f" figures/; done ;;
-        *) echo "figures.sh: unknown figure $name: use some of ${ALL[*]}" >&2; exit 2 ;;
+        myrtle)  # the Myrtle-5 preset (pooling): Theorem 3.1 on digits, and gram + solve on Fashion-MNIST
+            "$PY" run.py model=myrtle "experiment.widths=[16,32,64,128,256]" "experiment.seeds=[0,1,2]" \
+                progress=false hydra.run.dir="$WORK/myrtle_convergence"
+            FIG_AS[ntk_convergence]=myrtle_convergence
+            keep "$WORK/myrtle_convergence" myrtle_convergence ntk_convergence
+            unset 'FIG_AS[ntk_convergence]'
+            MYRTLE=(model=myrtle data=fashion_mnist data.n_train=60 data.n_test=60 dtype=float32
+                    experiment.store="$WORK/myrtle_store")
+            "$PY" run.py experiment=gram "${MYRTLE[@]}" experiment.tile=20 progress=false hydra.run.dir="$WORK/myrtle_gram"
+            "$PY" run.py experiment=solve "${MYRTLE[@]}" progress=false hydra.run.dir="$WORK/myrtle_solve"
+            keep "$WORK/myrtle_solve" myrtle_fashion ;;
+        *) echo "figures.sh: unknown figure $name: use some of ${ALL[*]}" >&2; return 2 ;;
     esac
-    echo "== $name done in $(( (SECONDS - start) / 60 )) min" >&2
+}
+for name in "${NAMES[@]}"; do
+    echo "== $name ($(date +%H:%M:%S))" >&2
+    start=$SECONDS
+    set +e; ( set -e; one "$name" ); status=$?; set -e
+    if [ "$status" = 0 ]; then
+        echo "== $name done in $(( (SECONDS - start) / 60 )) min" >&2
+    else
+        echo "== $name FAILED after $(( (SECONDS - start) / 60 )) min (its run folder: $WORK)" >&2
+        FAILED+=("$name")
+    fi
 done
+if [ ${#FAILED[@]} -gt 0 ]; then
+    echo "figures.sh: failed: ${FAILED[*]}" >&2
+    exit 1
+fi

@@ -1,0 +1,139 @@
+"""External check of the layer vocabulary's kernels against neural-tangents (stax), out of CI.
+
+    benchmarks/peer_layers.sh          # builds / reuses benchmarks/.peer-venv, runs both sides, prints the table
+
+Each network of ``NETWORKS`` is written once as a list of layer specs; ``ours`` builds it from
+``cntk.layers`` and ``peer`` from ``neural_tangents.stax`` with the parameters that make the two
+the same network (stax divides by fan_in = q^2 C_in like our layers; our unit first layer is
+W_std = sqrt(q^2 C); our Flatten is a sum over pixels with the channels as fan_in, stax's a mean
+over C P inputs: W_std^2 = w_var P after it).  Both compute NTK and NNGP on the same float64 inputs
+(NHWC for stax); the table gives, per network and kind, the largest relative difference and the
+spread of the ratio ours / theirs (0 when they differ by one constant).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+SIZE, CHANNELS, N1, N2 = 8, 2, 4, 3
+NETWORKS = {  # name: (input, layers); layer: [type, params]
+    "abrelu-gap": ("image", [["conv", None, None], ["abrelu", 0.2, 1.0], ["conv", 2.0, None], ["abrelu", 0.2, 1.0],
+                             ["gap"], ["dense", 2 / 9, None]]),
+    "leaky-bias-flatten": ("image", [["conv", None, 0.5], ["abrelu", 0.1, 1.0], ["conv", 2.0, 0.5], ["abrelu", 0.1, 1.0],
+                                     ["flatten"], ["dense", 2 / 9, 0.5]]),
+    "erf-bias-gap": ("image", [["conv", None, 0.2], ["erf"], ["conv", 2.0, 0.2], ["erf"], ["gap"], ["dense", 2 / 9, 0.2]]),
+    "relu-bias-gap": ("image", [["conv", None, 0.3], ["relu"], ["conv", 2.0, 0.3], ["relu"], ["gap"], ["dense", 2 / 9, 0.3]]),
+    "myrtle-5": ("image", [["conv", None, None], ["relu"], ["conv", 2.0, None], ["relu"], ["pool", 2],
+                           ["conv", 2.0, None], ["relu"], ["pool", 2], ["conv", 2.0, None], ["relu"], ["gap"],
+                           ["dense", 2 / 9, None]]),
+    "fc-erf-bias": ("vector", [["dense", None, 0.1], ["erf"], ["dense", 2.0, 0.1], ["erf"], ["dense", 2.0, 0.1]]),
+    "fc-abrelu": ("vector", [["dense", None, None], ["abrelu", -0.3, 1.5], ["dense", 2.0, None], ["abrelu", -0.3, 1.5],
+                             ["dense", 2.0, None]]),
+}
+
+
+def inputs(kind: str):
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    shape = (CHANNELS, SIZE, SIZE) if kind == "image" else (CHANNELS * SIZE * SIZE,)
+    return rng.standard_normal((N1, *shape)), rng.standard_normal((N2, *shape))
+
+
+def peer() -> dict:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    from neural_tangents import stax
+
+    out = {}
+    for name, (kind, spec) in NETWORKS.items():
+        x1, x2 = inputs(kind)
+        if kind == "image":
+            x1, x2 = x1.transpose(0, 2, 3, 1), x2.transpose(0, 2, 3, 1)
+        layers, c, p, flat = [], CHANNELS if kind == "image" else x1.shape[1], SIZE * SIZE, False
+        for t, *a in spec:
+            if t in ("conv", "dense"):
+                w_var, b_var = a
+                fan = (9 * c if t == "conv" else c)
+                w_std = math.sqrt(fan) if w_var is None else math.sqrt(w_var * (p if t == "dense" and flat else 1))
+                b_std = None if b_var is None else math.sqrt(b_var)
+                layers.append(stax.Conv(1, (3, 3), padding="SAME", W_std=w_std, b_std=b_std) if t == "conv"
+                              else stax.Dense(1, W_std=w_std, b_std=b_std))
+                c = 1  # stax's infinite-width layers: the next fan_in is normalised away
+            elif t == "relu":
+                layers.append(stax.Relu())
+            elif t == "abrelu":
+                layers.append(stax.ABRelu(a[0], a[1]))
+            elif t == "erf":
+                layers.append(stax.Erf())
+            elif t == "pool":
+                layers.append(stax.AvgPool((a[0], a[0]), strides=(a[0], a[0]), padding="VALID"))
+                p //= a[0] * a[0]
+            elif t == "gap":
+                layers.append(stax.GlobalAvgPool())
+            elif t == "flatten":
+                layers.append(stax.Flatten())
+            flat = t == "flatten"
+        _, _, kfn = stax.serial(*layers)
+        k = kfn(x1, x2, ("nngp", "ntk"))
+        out[name] = {"nngp": np.asarray(k.nngp).tolist(), "ntk": np.asarray(k.ntk).tolist()}
+    return out
+
+
+def ours() -> dict:
+    import torch
+
+    import cntk
+    from cntk import layers as L
+
+    out = {}
+    for name, (kind, spec) in NETWORKS.items():
+        x1, x2 = (torch.tensor(a, dtype=torch.float64) for a in inputs(kind))
+        layers = []
+        for t, *a in spec:
+            if t == "conv":
+                layers.append(L.Conv(3, w_var=a[0], b_var=a[1]))
+            elif t == "dense":
+                layers.append(L.Dense(w_var=a[0], b_var=a[1]))
+            elif t == "relu":
+                layers.append(L.Act(L.ReLU()))
+            elif t == "abrelu":
+                layers.append(L.Act(L.ABReLU(a=a[0], b=a[1])))
+            elif t == "erf":
+                layers.append(L.Act(L.Erf()))
+            elif t == "pool":
+                layers.append(L.AvgPool(a[0]))
+            elif t == "gap":
+                layers.append(L.GlobalAvgPool())
+            elif t == "flatten":
+                layers.append(L.Flatten())
+        net = L.Network(tuple(layers), name)
+        out[name] = {k: cntk.kernel(x1, x2, net, k).tolist() for k in ("nngp", "ntk")}
+    return out
+
+
+def table(peer_path: str, ours_path: str) -> None:
+    import numpy as np
+
+    a, b = json.load(open(peer_path)), json.load(open(ours_path))
+    print("| network | kind | max relative difference | ratio ours / neural-tangents: mean, spread (max - min) / mean |")
+    print("|---|---|---|---|")
+    for name in NETWORKS:
+        for kind in ("nngp", "ntk"):
+            t, o = np.array(a[name][kind]), np.array(b[name][kind])
+            rel = float(np.abs(o - t).max() / np.abs(t).max())
+            ratio = o / t
+            print(f"| {name} | {kind} | {rel:.2e} | {ratio.mean():.6g}, {(ratio.max() - ratio.min()) / ratio.mean():.2e} |")
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "peer":
+        json.dump(peer(), sys.stdout)
+    elif mode == "ours":
+        json.dump(ours(), sys.stdout)
+    else:
+        table(sys.argv[2], sys.argv[3])

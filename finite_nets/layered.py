@@ -1,0 +1,108 @@
+"""The finite net of any ``cntk.Network``: every layer's finite half (``cntk.layers``: init and apply)
+composed, at width m, in the NTK parameterisation of the vocabulary.
+
+Its empirical NTK (``finite_nets.empirical_ntk``, the exact jacrev contraction) tends to
+kappa^2 ``cntk.kernel(x, x', net, "ntk")`` as m grows, and its empirical NNGP (``empirical_nngp``:
+the readout's conditional output covariance given the hidden layers) to kappa^2 ``"nngp"``: the
+generic convergence check (tests/test_layers_convergence.py) measures both for every preset and
+layer.  The paper's own family also has ``FiniteNet`` (models.py), whose structured empirical NTK
+is faster; ``finite_nets.build`` picks it where it applies.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from cntk.layers import Dense, Network, NetworkError
+
+
+class LayerNet(nn.Module):
+    """``net`` at ``width`` channels (units): forward(x) (N, ...) -> (N, out_dim), times kappa
+    (``output_scale``).  Weights and biases are drawn N(0, 1) in float32 on the CPU from ``seed``, layer
+    by layer in order, then cast; frozen layers (``trainable=False``) have requires_grad False."""
+
+    def __init__(self, net: Network, width: int, *, input_shape: Sequence[int], out_dim: int = 1,
+                 output_scale: float = 1.0, seed: int = 0, dtype: torch.dtype | None = None,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__()
+        if not isinstance(net, Network):
+            raise ValueError(f"net must be a cntk.Network, got {type(net).__name__}")
+        for name, v in (("width", width), ("out_dim", out_dim)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not isinstance(output_scale, (int, float)) or not math.isfinite(output_scale) or output_scale <= 0:
+            raise ValueError(f"output_scale (kappa) must be a finite number > 0, got {output_scale!r}")
+        try:
+            self.shapes = net.shapes(tuple(input_shape), width, out_dim)
+        except NetworkError as err:
+            raise ValueError(str(err)) from None
+        dtype = dtype or torch.get_default_dtype()
+        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.net, self.width, self.out_dim, self.output_scale = net, width, out_dim, float(output_scale)
+        self.input_shape = tuple(int(v) for v in input_shape)
+        gen = torch.Generator().manual_seed(seed)
+        self.layer_params = nn.ModuleList()
+        last = len(net.layers) - 1
+        for i, (layer, s) in enumerate(zip(net.layers, self.shapes)):
+            holder = nn.Module()
+            for name, t in layer.init(s, out_dim if i == last else width, gen).items():
+                p = nn.Parameter(t.to(device=dev, dtype=dtype), requires_grad=bool(getattr(layer, "trainable", True)))
+                holder.register_parameter(name, p)
+            self.layer_params.append(holder)
+
+    @property
+    def readout(self) -> nn.Parameter:
+        """The readout's weight (out_dim, features)."""
+        return self.layer_params[-1].weight
+
+    def check_input(self, x: object, name: str = "x") -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"{name} must have shape (N, {', '.join(map(str, self.input_shape))}) for this net, "
+                             f"got {tuple(x.shape)}")
+        from .models import check_dtype_device
+
+        return check_dtype_device(x, self.readout, name)
+
+    def _params(self, i: int) -> dict[str, torch.Tensor]:
+        return dict(self.layer_params[i].named_parameters(recurse=False))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The readout's input times its weight multiplier and kappa: f = features @ readout.T (+ bias)."""
+        self.check_input(x)
+        a = x
+        for i, (layer, s) in enumerate(zip(self.net.layers[:-1], self.shapes)):
+            a = layer.apply(self._params(i), a, s)
+        ro = self.net.layers[-1]
+        return a * (ro.multiplier(self.shapes[-2]) * self.output_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x) @ self.readout.T
+        ro: Dense = self.net.layers[-1]
+        if ro.b_var is not None:
+            f = f + (math.sqrt(ro.b_var) * self.output_scale) * self._params(len(self.net.layers) - 1)["bias"]
+        return f
+
+    def extra_repr(self) -> str:
+        return f"{self.net.describe()}, width={self.width}, out_dim={self.out_dim}, output_scale={self.output_scale}"
+
+
+def empirical_nngp(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+    """The output covariance of ``model`` over its readout weights (and bias) given the hidden layers:
+    features(x1) . features(x2) (+ kappa^2 b_var): (N1, N2).  Tends to kappa^2 cntk.kernel(..., "nngp")
+    as width grows.  For a LayerNet, or a FiniteNet (paper family)."""
+    with torch.no_grad():
+        f1 = model.features(x1)
+        f2 = f1 if x2 is None else model.features(x2)
+        out = f1 @ f2.T
+        ro = getattr(getattr(model, "net", None), "layers", [None])[-1]
+        if isinstance(ro, Dense) and ro.b_var is not None:
+            out = out + ro.b_var * model.output_scale**2
+    return out
+
+
+__all__ = ["LayerNet", "empirical_nngp"]
