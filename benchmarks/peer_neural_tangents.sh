@@ -4,6 +4,7 @@
 # then times CNN-GAP and CNN-Flatten, 3 conv layers (depth 4), 32x32x3, float32, on both sides and
 # prints one table with the per-row ratio.
 #   benchmarks/peer_neural_tangents.sh [--quick]
+#   benchmarks/peer_neural_tangents.sh --setup   (only build the environment: benchmarks/empirical_ntk.py uses it)
 # Environment: PEER_VENV (default benchmarks/.peer-venv), PYTHON (default python3, for the peer venv),
 # OURS_PY (default .venv/bin/python, the project's environment).
 set -euo pipefail
@@ -18,6 +19,10 @@ if [ ! -x "$PEER_VENV/bin/python" ] || ! "$PEER_VENV/bin/python" -c 'import neur
     "$PY" -m venv "$PEER_VENV"
     "$PEER_VENV/bin/python" -m pip install -q --disable-pip-version-check \
         "neural-tangents==0.6.5" "jax==0.4.25" "jaxlib==0.4.25" "numpy<2" "scipy<1.13"
+fi
+if [ "${1:-}" = "--setup" ]; then
+    "$PEER_VENV/bin/python" -c 'import jax, neural_tangents; print("peer:", neural_tangents.__version__, "jax", jax.__version__)'
+    exit 0
 fi
 if [ ! -x "$OURS_PY" ]; then
     echo "peer: $OURS_PY not found: run ./dev.sh test once (or set OURS_PY)" >&2; exit 1

@@ -107,3 +107,88 @@ def test_float32_close_to_float64():
     t64, t32 = finite_nets.empirical_ntk(n64, x), finite_nets.empirical_ntk(n32, x.float())
     assert t32.dtype == torch.float32
     assert float((t32.double() - t64).abs().max() / t64.abs().max()) < 1e-5
+
+
+# --- the fast path: threads, memory, float32, features computed once (issue 13)
+
+
+@pytest.mark.parametrize("contraction", ["gram", "jacobian"])
+def test_task_pool_matches_sequential_and_oracle(monkeypatch, contraction):
+    """Several tasks at once (the CPU pool), tiny chunks: still the autograd oracle; the pool restores
+    torch's thread count and repeats bit for bit (results are summed in task order)."""
+    from finite_nets import ntk
+
+    net, shape = _net("cnn", "flatten", False, 2, 4)
+    g = torch.Generator().manual_seed(1)
+    x1 = torch.randn(9, *shape, generator=g, dtype=torch.float64)
+    x2 = torch.randn(5, *shape, generator=g, dtype=torch.float64)
+    ref = autograd_ntk(net, x1, x2)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(ntk, "_TASK_THREADS", 3)
+    kw = dict(outputs="full", contraction=contraction, memory_mb=0.05)
+    cross = finite_nets.empirical_ntk(net, x1, x2, **kw)
+    sym = finite_nets.empirical_ntk(net, x1, **kw)
+    assert torch.get_num_threads() == before
+    assert float((cross - ref).abs().max() / ref.abs().max()) < 1e-13
+    sym_ref = autograd_ntk(net, x1, x1)
+    assert float((sym - sym_ref).abs().max() / sym_ref.abs().max()) < 1e-13
+    assert torch.equal(sym, finite_nets.empirical_ntk(net, x1, **kw))
+
+
+def test_features_computed_once_when_they_fit(monkeypatch):
+    """Per-sample work linear in N: every sample goes through one forward/backward pass unless memory forces blocks."""
+    from finite_nets import ntk
+
+    net, shape = _net("cnn", "gap", False, 1, 4, width=8)
+    x = torch.randn(12, *shape, dtype=torch.float64)
+    seen = []
+    fill = ntk._fill
+    monkeypatch.setattr(ntk, "_fill", lambda model, plan, store, xc, i0: (seen.append(len(xc)), fill(model, plan, store, xc, i0)))
+    finite_nets.empirical_ntk(net, x)
+    assert sum(seen) == 12
+    seen.clear()
+    finite_nets.empirical_ntk(net, x[:7], x[7:])
+    assert sum(seen) == 12
+    seen.clear()
+    small = finite_nets.empirical_ntk(net, x, memory_mb=0.01)  # blocks: x2's features recomputed per block
+    assert sum(seen) > 12
+    assert torch.allclose(small, finite_nets.empirical_ntk(net, x), rtol=1e-13, atol=0)
+
+
+def test_default_memory_budget():
+    from finite_nets import ntk
+
+    mb = ntk.default_memory_mb("cpu")
+    assert 256 <= mb < 2**30
+    net, shape = _net("cnn", "gap", False, 1, 3)
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    assert torch.equal(finite_nets.empirical_ntk(net, x), finite_nets.empirical_ntk(net, x, memory_mb=None))
+
+
+@pytest.mark.parametrize("contraction", ["gram", "jacobian"])
+def test_float32_accumulation_close_to_float64(monkeypatch, contraction):
+    """float32 (oneDNN GEMMs on the CPU, or torch.mm) within 1e-5 of float64 on a 16x16 net with both readouts."""
+    from finite_nets import ntk
+
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for readout in ("gap", "flatten"):
+        arch = cntk.Architecture(depth=4, readout=readout)
+        n64 = finite_nets.build(arch, 48, input_shape=(3, 16, 16), dtype=torch.float64, device="cpu")
+        n32 = finite_nets.build(arch, 48, input_shape=(3, 16, 16), dtype=torch.float32, device="cpu")
+        t64 = finite_nets.empirical_ntk(n64, x, contraction=contraction)
+        t32 = finite_nets.empirical_ntk(n32, x.float(), contraction=contraction)
+        assert float((t32.double() - t64).abs().max() / t64.abs().max()) < 1e-5
+        monkeypatch.setattr(ntk, "_ONEDNN_GEMM", False)  # the torch.mm fallback
+        plain = finite_nets.empirical_ntk(n32, x.float(), contraction=contraction)
+        monkeypatch.setattr(ntk, "_ONEDNN_GEMM", None)
+        assert float((plain.double() - t64).abs().max() / t64.abs().max()) < 1e-5
+
+
+def test_cuda_calls_run_in_ieee_fp32():
+    """On CUDA the call switches TF32 off (cuBLAS and cuDNN) and restores the user's flags afterwards."""
+    from finite_nets import ntk
+
+    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    with ntk._ieee_fp32(torch.device("cuda")):
+        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee", "ieee")
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
