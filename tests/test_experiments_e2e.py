@@ -145,8 +145,11 @@ def test_ctrl_c_ends_with_one_line_and_resumes(tmp_path):
     store = tmp_path / "store"
     args = ["experiment=gram", "data.n_train=200", "data.n_test=16", "model.depth=4", "experiment.tile=2",
             f"experiment.store={store}", "progress=false"]
+    # a shell without job control starts background jobs with SIGINT ignored, and Popen passes that
+    # on: give the run Ctrl-C's default meaning, as in a terminal
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'a'}"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(list((store / "train" / "tiles").glob("*.sha256"))) < 5:
         time.sleep(0.05)
