@@ -74,3 +74,13 @@ def test_the_empirical_ntk_needs_more_width_as_depth_grows(tmp_path):
     need = [s for s in out["summary"] if s["metric"] == "width_needed"]
     assert len(need) == 3 and need[0]["exponent_lo"] > 0 and need[0]["width_needed"] < need[-1]["width_needed"]
     assert (tmp_path / "ntk_convergence_depth.png").exists()
+
+
+def test_width_needed_is_extrapolated_when_eps_is_below_every_seed_mean():
+    from experiments.ntk_convergence import width_needed
+
+    rows = [{"width": w, "rel_fro_error": e} for w, es in ((16, (0.9, 0.5)), (64, (0.5, 0.05)), (256, (0.3, 0.2)))
+            for e in es]
+    m, extrapolated = width_needed(rows, 0.1)  # one seed dips below eps; no seed mean does
+    assert extrapolated and m > 256
+    assert not width_needed(rows, 0.4)[1]
