@@ -253,7 +253,7 @@ def _depth_figure(rows: list[dict], out_dir: str | Path) -> tuple[list[Path], li
     axes[1].set_ylim(ymin, min(ymax, 1e9))
     fig.text(0.5, -0.07,
              f"{common(rows, 'data')}, {common(rows, 'n_points')} inputs, ||x|| = 1.  Needed width: where the per-depth log-log "
-             f"fit of the relative Frobenius error crosses ε (filled: ε inside the measured errors; hollow: extrapolated).  "
+             f"fit of the relative Frobenius error crosses ε (filled: ε within the seed-mean errors of the measured widths; hollow: extrapolated).  "
              f"Exponent: fit of log m_ε on log L, 95 % interval from {resamples} bootstrap resamples of the seeds.  "
              "Reference lines share the first point; only their slopes mean anything.",
              ha="center", fontsize=7, wrap=True)
