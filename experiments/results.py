@@ -21,13 +21,16 @@ RESULTS_JSON = "results.json"
 
 
 def git_commit() -> str:
-    """HEAD of the repository holding this file, with '+dirty' when there are uncommitted changes."""
+    """HEAD of the repository holding this file, with '+dirty' when tracked files other than the
+    committed outputs in figures/ have uncommitted changes (scripts/figures.sh replaces those
+    outputs between its runs; they are results, not code)."""
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                ":(top,exclude)figures"], cwd=here,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
