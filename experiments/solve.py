@@ -95,7 +95,8 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
         pred = (k_test.to(sol.alpha) @ sol.alpha).cpu()
         correct = (pred.argmax(1) == data.y_test).numpy()
         rows.append({
-            "family": arch.family, "readout": cfg.model.readout, "depth": cfg.model.depth, "kind": g.kind,
+            "family": arch.family, "variant": variant(arch), "readout": cfg.model.readout, "depth": cfg.model.depth,
+            "kind": g.kind,
             "fix_first_last": cfg.model.fix_first_last, "ridge": ridge, "n_train": n, "n_test": len(xte),
             "accuracy": float(correct.mean()), "correct": stats.encode(correct),
             "cv_accuracy": cv_accuracy, "cv_folds": g.cv_folds if not np.isnan(cv_accuracy) else 0,
@@ -111,16 +112,32 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
 # report
 
 
+def variant(arch) -> str:
+    """What sets a kernel apart from the paper's CNN-V / CNN-GAP beyond readout, depth and fix:
+    "" for the paper's CNNs (family "cnn", ReLU, no bias), else e.g. "myrtle", "abrelu(0.2, 1)", "bias 0.1"."""
+    parts = [] if arch.family == "cnn" else [arch.family]
+    if arch.activation == "abrelu":
+        parts.append(f"abrelu({arch.abrelu_a:g}, {arch.abrelu_b:g})")
+    elif arch.activation != "relu":
+        parts.append(arch.activation)
+    if arch.bias_var:
+        parts.append(f"bias {arch.bias_var:g}")
+    return ", ".join(parts)
+
+
 def kernel_name(kind: str, readout: str, fix: bool) -> str:
-    base = ("CNTK-" if kind == "ntk" else "CNN-GP-") + ("GAP" if readout == "gap" else "V")
-    return base + (" (fix)" if fix and kind == "ntk" else "")
+    """CNTK-V, CNN-GP-GAP (fix), ...; a readout key "gap [myrtle]" names its variant the same way."""
+    base_readout, _, rest = readout.partition(" ")
+    base = ("CNTK-" if kind == "ntk" else "CNN-GP-") + ("GAP" if base_readout == "gap" else "V")
+    return base + (" (fix)" if fix and kind == "ntk" else "") + (f" {rest}" if rest else "")
 
 
 def _kernels(rows: list[dict]) -> dict[tuple, list[dict]]:
     """(setting, n_train, n_test, kind, readout, fix, depth) -> its rows by ridge."""
     out: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r.get("setting", ""), r["n_train"], r["n_test"], r.get("kind", "ntk"), r["readout"],
+        readout = r["readout"] + (f" [{r['variant']}]" if r.get("variant") else "")  # variants never pool
+        key = (r.get("setting", ""), r["n_train"], r["n_test"], r.get("kind", "ntk"), readout,
                bool(r.get("fix_first_last", False)), r["depth"])
         out.setdefault(key, []).append(r)
     order = lambda k: (str(k[0]), -k[1], -k[2], k[3] != "ntk", k[4] != "gap", not k[5], k[6])  # noqa: E731

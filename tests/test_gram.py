@@ -238,3 +238,17 @@ def test_solve_report_intervals_cv_ridge_and_paired_tests(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| CNTK-GAP | 21 | 10 / 400 |" in table and "77.08" not in table
     assert "77.08" in (tmp_path / "paper.md").read_text() and "McNemar" in (tmp_path / "tests.md").read_text()
+
+
+def test_solve_report_keeps_kernel_variants_apart():
+    """A Myrtle or ABReLU kernel with the paper's readout and depth is its own row, never pooled."""
+    from experiments import stats
+    from experiments.solve import comparisons, summarize
+
+    correct = stats.encode(np.array([True, False, True, True]))
+    base = {"n_train": 8, "n_test": 4, "kind": "ntk", "readout": "gap", "fix_first_last": False, "depth": 5,
+            "ridge": 0.0, "accuracy": 0.75, "correct": correct}
+    rows = [{**base, "variant": ""}, {**base, "variant": "myrtle"}, {**base, "variant": "abrelu(0.2, 1)"}]
+    names = sorted(s["kernel"] for s in summarize(rows))
+    assert names == ["CNTK-GAP", "CNTK-GAP [abrelu(0.2, 1)]", "CNTK-GAP [myrtle]"]
+    assert comparisons(summarize(rows)) == []  # nothing compares across variants
