@@ -252,3 +252,12 @@ def test_solve_report_keeps_kernel_variants_apart():
     names = sorted(s["kernel"] for s in summarize(rows))
     assert names == ["CNTK-GAP", "CNTK-GAP [abrelu(0.2, 1)]", "CNTK-GAP [myrtle]"]
     assert comparisons(summarize(rows)) == []  # nothing compares across variants
+
+
+def test_myrtle_runs_through_gram_and_solve(tmp_path):
+    store = tmp_path / "store"
+    common = ["model=myrtle", "data.n_train=6", "data.n_test=4", f"experiment.store={store}"]
+    run_py("experiment=gram", *common, "experiment.tile=3", f"hydra.run.dir={tmp_path / 'g'}", cwd=tmp_path)
+    run_py("experiment=solve", *common, f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path)
+    table = (tmp_path / "s" / "table.md").read_text()
+    assert "CNTK-GAP [myrtle] | 5 | 6 / 4 |" in table, table
