@@ -54,9 +54,11 @@ one() {  # NAME: one figure (a failure is reported, and the next figure still ru
         prediction_equivalence|kernel_vs_network|monte_carlo_vs_exact)
             "$PY" run.py experiment="$name" progress=false hydra.run.dir="$WORK/$name"
             keep "$WORK/$name" "$name" "$name" ;;
-        kernel_vs_network_fashion)  # RQ3 on Fashion-MNIST, 1000 train / 1000 test, depth 3
-            "$PY" run.py experiment=kernel_vs_network data=fashion_mnist data.n_train=1000 data.n_val=200 \
-                data.n_test=1000 "experiment.depths=[3]" "experiment.widths=[16,64]" experiment.epochs=20 \
+        kernel_vs_network_fashion)  # RQ3 on Fashion-MNIST, 1000 train / 1000 test, CNN-V depth 3
+            # (CNN-GAP left out: its exact kernel on 2,300 images of 28x28 costs about an hour here)
+            "$PY" run.py experiment=kernel_vs_network data=fashion_mnist data.n_train=1000 data.n_val=300 \
+                data.n_test=1000 "experiment.depths=[3]" "experiment.widths=[16,64]" "experiment.readouts=[flatten]" \
+                experiment.epochs=30 \
                 progress=false hydra.run.dir="$WORK/$name"
             FIG_AS[kernel_vs_network]=kernel_vs_network_fashion
             keep "$WORK/$name" "$name" kernel_vs_network
