@@ -55,7 +55,7 @@ one() {  # NAME: one figure (a failure is reported, and the next figure still ru
             "$PY" run.py experiment="$name" progress=false hydra.run.dir="$WORK/$name"
             keep "$WORK/$name" "$name" "$name" ;;
         kernel_vs_network_fashion)  # RQ3 on Fashion-MNIST, 1000 train / 1000 test, CNN-V depth 3
-            # (CNN-GAP left out: its exact kernel on 2,300 images of 28x28 costs about an hour here)
+            # (CNN-GAP left out: its exact kernel on 2,300 images of 28x28 would cost an hour or more here)
             "$PY" run.py experiment=kernel_vs_network data=fashion_mnist data.n_train=1000 data.n_val=300 \
                 data.n_test=1000 "experiment.depths=[3]" "experiment.widths=[16,64]" "experiment.readouts=[flatten]" \
                 experiment.epochs=30 \
