@@ -65,7 +65,7 @@ one() {  # NAME: one figure (a failure is reported, and the next figure still ru
             unset 'FIG_AS[kernel_vs_network]' ;;
         table1)
             NET="$WORK/kernel_vs_network_fashion"; [ -d "$NET" ] || NET=""
-            # GAP at 150 / 500 (about 40 minutes here; table1.sh's own default, 300 / 1000, takes about 2 hours)
+            # GAP at 150 / 500 (25 minutes here; table1.sh's own default, 300 / 1000, about 75 minutes, estimated)
             OUT="$WORK/table1" NETWORKS="$NET" GAP_TRAIN=150 GAP_TEST=500 \
                 scripts/table1.sh fashion_mnist local_parallel 2 progress=false
             for f in "$WORK"/table1/report/table1.*; do cp "$f" figures/; done ;;
