@@ -13,18 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .layers import NetworkError
+
 FAMILIES = ("cnn", "fc", "myrtle")
 READOUTS = ("gap", "flatten")
 ACTIVATIONS = ("relu", "abrelu", "erf")
 C_SIGMA = 2.0
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(NetworkError):
     """An impossible architecture; ``field`` names the offending attribute."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)

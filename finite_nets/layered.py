@@ -18,6 +18,8 @@ from torch import nn
 
 from cntk.layers import Dense, Network, NetworkError
 
+from .models import check_dtype_device, positive_int
+
 
 class LayerNet(nn.Module):
     """``net`` at ``width`` channels (units): forward(x) (N, ...) -> (N, out_dim), times kappa
@@ -30,9 +32,7 @@ class LayerNet(nn.Module):
         super().__init__()
         if not isinstance(net, Network):
             raise ValueError(f"net must be a cntk.Network, got {type(net).__name__}")
-        for name, v in (("width", width), ("out_dim", out_dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        positive_int("width", width), positive_int("out_dim", out_dim)
         if not isinstance(output_scale, (int, float)) or not math.isfinite(output_scale) or output_scale <= 0:
             raise ValueError(f"output_scale (kappa) must be a finite number > 0, got {output_scale!r}")
         try:
@@ -64,8 +64,6 @@ class LayerNet(nn.Module):
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{name} must have shape (N, {', '.join(map(str, self.input_shape))}) for this net, "
                              f"got {tuple(x.shape)}")
-        from .models import check_dtype_device
-
         return check_dtype_device(x, self.readout, name)
 
     def _params(self, i: int) -> dict[str, torch.Tensor]:

@@ -52,7 +52,8 @@ def check_dtype_device(x: torch.Tensor, p: torch.Tensor, name: str) -> torch.Ten
     return x
 
 
-def _positive_int(name: str, value: object) -> int:
+def positive_int(name: str, value: object) -> int:
+    """value, or ValueError unless it is an integer >= 1 (bools refused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return value
@@ -84,8 +85,8 @@ class FiniteNet(nn.Module):
         if arch.family not in ("cnn", "fc") or arch.activation != "relu" or arch.bias_var:
             raise ValueError(f"FiniteNet is the paper's family (ReLU, no bias, cnn or fc); {arch} is not: "
                              "use finite_nets.build, which builds any network (finite_nets.layered.LayerNet)")
-        width = _positive_int("width", width)
-        out_dim = _positive_int("out_dim", out_dim)
+        width = positive_int("width", width)
+        out_dim = positive_int("out_dim", out_dim)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         if not isinstance(output_scale, (int, float)) or not math.isfinite(output_scale) or output_scale <= 0:

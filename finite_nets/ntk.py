@@ -468,7 +468,7 @@ def _kernel_of(j1: torch.Tensor, j2: torch.Tensor, full: bool, same: bool) -> to
     return acc
 
 
-def _im2col(a: torch.Tensor, q: int, h: int, w: int) -> torch.Tensor:
+def _im2col(a: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """a (..., c, h + q - 1, w + q - 1) zero-padded -> (..., c q^2, h w), index (c, di, dj) as in the weights."""
     lead = a.shape[:-3]
     return a.unfold(-2, h, 1).unfold(-2, w, 1).reshape(*lead, -1, h * w)
@@ -480,10 +480,10 @@ def _per_sample(g: torch.Tensor, a: torch.Tensor, q: int) -> torch.Tensor:
     if _onednn(g):  # one oneDNN GEMM per sample; its im2col stays in cache
         out = g.new_empty(n, k, rows * a.shape[1] * q * q)
         for s in range(n):
-            u = _im2col(a[s], q, h, w)
+            u = _im2col(a[s], h, w)
             out[s].view(k * rows, -1).copy_(_mm_nt(g[s].reshape(k * rows, h * w), u))
         return out
-    u = _im2col(a, q, h, w)  # (n, cc q^2, P)
+    u = _im2col(a, h, w)  # (n, cc q^2, P)
     return torch.bmm(g.reshape(n, k * rows, h * w), u.transpose(1, 2)).view(n, k, -1)
 
 
@@ -674,10 +674,10 @@ def _structured(model: FiniteNet, x1, x2, full: bool, contraction: str, budget: 
     if threads > 1:
         torch.set_num_threads(1)  # one thread per op, `threads` tasks at once (see _run)
     try:
+        fixed = None  # x2's features when x2 fits in one block: computed once for every block of x1
         for i in range(0, n1, block):
             fa = _features(model, plan, x1[i : i + block], chunk, threads)
             ia = slice(i, i + block)
-            fixed = None
             for j in range(i if symmetric else 0, n2, block):
                 same = symmetric and i == j
                 if same:

@@ -20,6 +20,8 @@ from torch import nn
 
 from cntk import Architecture
 
+from .models import check_dtype_device, positive_int
+
 
 class StandardNet(nn.Module):
     """A bias-free ReLU CNN (or MLP) of ``arch`` at ``width`` in the standard parameterisation.
@@ -33,9 +35,7 @@ class StandardNet(nn.Module):
         super().__init__()
         if not isinstance(arch, Architecture):
             raise ValueError(f"arch must be a cntk.Architecture, got {type(arch).__name__}")
-        for name, v in (("width", width), ("out_dim", out_dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        positive_int("width", width), positive_int("out_dim", out_dim)
         shape = tuple(input_shape)
         if len(shape) != (3 if arch.family == "cnn" else 1):
             raise ValueError(f"input_shape must be (C, H, W) for cnn or (D,) for fc, got {input_shape!r}")
@@ -65,9 +65,7 @@ class StandardNet(nn.Module):
         if not isinstance(x, torch.Tensor) or x.ndim != len(self.input_shape) + 1 or x.shape[1] != self.input_shape[0]:
             raise ValueError(f"{name} must be a batch of inputs shaped {self.input_shape}, got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.dtype != self.readout.dtype or x.device != self.readout.device:
-            raise ValueError(f"{name} is {x.dtype} on {x.device}, the net {self.readout.dtype} on {self.readout.device}")
-        return x
+        return check_dtype_device(x, self.readout, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = self.arch.filter_size // 2

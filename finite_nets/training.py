@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import cntk
 
-from .models import FiniteNet
+from .models import FiniteNet, positive_int
 from .ntk import empirical_ntk, largest_eigenvalue
 
 
@@ -251,9 +251,7 @@ def train_sgd(
         raise ValueError("lr is needed for a net that is not NTK-parameterised (lr_fraction uses its NTK)")
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    positive_int("epochs", epochs), positive_int("batch_size", batch_size)
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if not 0 < lr_fraction < 2:
