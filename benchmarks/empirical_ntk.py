@@ -20,6 +20,7 @@ the best one before it is timed once.  Both kernels are compared (max relative d
     python benchmarks/empirical_ntk.py --workloads gap-w1024-32x32 --repeats 3 --impls 1,3
     python benchmarks/empirical_ntk.py --methods              # our methods vs a per-sample autograd loop (one net)
     python benchmarks/empirical_ntk.py --large                # large widths: time, peak memory, error vs cntk.kernel
+    python benchmarks/empirical_ntk.py --large --device cuda  # the same on a GPU (peak GPU memory too); --methods too
 
 neural-tangents runs from ``benchmarks/.peer-venv`` (built by benchmarks/peer_neural_tangents.sh; not a
 project dependency, never run in CI); without it the neural-tangents columns are left empty.
@@ -442,8 +443,9 @@ def methods(args) -> None:
     import finite_nets
 
     spec = (args.readout, args.depth, args.width, args.n, args.channels, args.size, "random")
-    net, x = build_workload(spec, args.dtype)
-    print(f"{spec}, {args.dtype}, {torch.get_num_threads()} threads; load average {loadavg()}")
+    net, x = build_workload(spec, args.dtype, args.device)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"{spec}, {args.dtype}, {args.device} ({where}); load average {loadavg()}")
     cases = {
         "per-sample loop (autograd)": lambda: per_sample_loop(net, x),
         "jacrev (torch.func)": lambda: finite_nets.empirical_ntk(net, x, method="jacrev"),
@@ -457,8 +459,10 @@ def methods(args) -> None:
         if any(s in name for s in args.skip):
             continue
         fn()
+        _sync(args.device)
         t0 = time.perf_counter()
         k = fn().double().reshape(len(x), len(x))
+        _sync(args.device)
         dt = time.perf_counter() - t0
         ref = k if ref is None else ref
         print(f"| {name} | {dt:.3f} | {float((k - ref).abs().max() / ref.abs().max()):.1e} |", flush=True)
@@ -474,7 +478,14 @@ LARGE = [
 ]
 
 
-def one_case(spec: str, dtype: str) -> dict:
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def one_case(spec: str, dtype: str, device: str = "cpu") -> dict:
     import torch
 
     import cntk
@@ -483,31 +494,37 @@ def one_case(spec: str, dtype: str) -> dict:
     readout, depth, width, n, c, s = json.loads(spec)
     arch = cntk.Architecture(family="cnn", depth=depth, readout=readout)
     t0 = time.perf_counter()
-    net = finite_nets.build(arch, width, input_shape=(c, s, s), dtype=getattr(torch, dtype), device="cpu")
+    net = finite_nets.build(arch, width, input_shape=(c, s, s), dtype=getattr(torch, dtype), device=device)
+    _sync(device)
     t1 = time.perf_counter()
-    x = torch.rand(n, c, s, s, dtype=getattr(torch, dtype))
+    x = torch.rand(n, c, s, s, dtype=getattr(torch, dtype), generator=torch.Generator().manual_seed(0)).to(device)
     theta = finite_nets.empirical_ntk(net, x)
+    _sync(device)
     t2 = time.perf_counter()
     exact = cntk.kernel(x.double(), None, arch, backend="planes")
     err = float((theta.double() - exact).norm() / exact.norm())
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
     return {"readout": readout, "depth": depth, "width": width, "n": n, "image": f"{s}x{s}x{c}", "dtype": dtype,
             "build_s": round(t1 - t0, 2), "ntk_s": round(t2 - t1, 2), "rel_error_vs_cntk": round(err, 4),
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "peak_gpu_gib": round(gpu_peak, 2)}
 
 
 def large(args) -> None:
-    print(f"large widths, {args.dtype}; each case in a fresh process (peak RSS is per process); load average {loadavg()}")
-    print("| readout | depth | width | n | image | build s | NTK s | rel. error vs cntk.kernel | peak RSS GiB |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|---:|")
+    print(f"large widths, {args.dtype}, {args.device}; each case in a fresh process (peak RSS is per process); "
+          f"load average {loadavg()}")
+    print("| readout | depth | width | n | image | build s | NTK s | rel. error vs cntk.kernel | peak RSS GiB | "
+          "peak GPU GiB |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for case in LARGE:
-        out = subprocess.run([sys.executable, __file__, "--case", json.dumps(case), "--dtype", args.dtype],
-                             capture_output=True, text=True)
+        out = subprocess.run([sys.executable, __file__, "--case", json.dumps(case), "--dtype", args.dtype,
+                              "--device", args.device], capture_output=True, text=True)
         if out.returncode:
             print(f"| {case} failed: {out.stderr.strip().splitlines()[-1]} |")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {r['readout']} | {r['depth']} | {r['width']} | {r['n']} | {r['image']} | {r['build_s']} | {r['ntk_s']} | "
-              f"{r['rel_error_vs_cntk']} | {r['peak_rss_gib']} |")
+              f"{r['rel_error_vs_cntk']} | {r['peak_rss_gib']} | {r['peak_gpu_gib']} |")
     print(f"load average now {loadavg()}")
 
 
@@ -542,6 +559,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=16)
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="--methods / --large: where our side runs")
     p.add_argument("--skip", nargs="*", default=["gram"], help="--methods: skip methods whose name contains these words")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
@@ -551,7 +569,7 @@ def main() -> None:
     if args.worker:
         ours_worker(args.worker)
     elif args.case:
-        print(json.dumps(one_case(args.case, args.dtype)))
+        print(json.dumps(one_case(args.case, args.dtype, args.device)))
     elif args.methods:
         methods(args)
     elif args.large:

@@ -94,10 +94,14 @@ def check(budget_end: float) -> bool:
     log("check: the conformance suite on the GPU (tests/test_backends_conformance.py, CNTK_TEST_DEVICE=cuda)")
     import subprocess
 
-    suite = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    suite = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "--tb=line", "-p", "no:cacheprovider",
                             str(Path(__file__).resolve().parents[1] / "tests" / "test_backends_conformance.py")],
                            env={**os.environ, "CNTK_TEST_DEVICE": DEVICE}, capture_output=True, text=True)
-    log("  " + (suite.stdout.strip().splitlines() or ["(no output)"])[-1])
+    lines = suite.stdout.strip().splitlines() or ["(no output)"]
+    for line in lines[:-1]:
+        if line.startswith("FAILED") or line.startswith("ERROR"):
+            log("  " + line)
+    log("  " + lines[-1])
     ok = suite.returncode == 0
     # general filter size
     x = torch.randn(2, 2, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(DEVICE)

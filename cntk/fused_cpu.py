@@ -56,6 +56,7 @@ from .layers import ABReLU, Chain, Network, ReLU, chain, family_chain
 
 NAME = "numba"
 PRIORITY = 30
+AUTO_DEVICES = ("cpu",)  # a CPU kernel
 
 _B = 8  # pairs per block: one SIMD lane each (8 float32 fill an AVX2 register)
 

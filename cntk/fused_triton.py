@@ -303,6 +303,12 @@ def _kernel(interpret: bool):
         for name in _DEVICE_FUNCS:
             fn = globals()[name]
             copy = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__, fn.__closure__)
+            # FunctionType copies no annotations: without them the JIT sees no tl.constexpr parameter
+            # (the interpreter does not care, a GPU compile fails: "arange's arguments must be ...")
+            copy.__annotations__ = dict(fn.__annotations__)
+            copy.__kwdefaults__ = fn.__kwdefaults__
+            copy.__module__ = fn.__module__
+            copy.__doc__ = fn.__doc__
             # integer arguments are not specialised (on == 1, % 16): one compilation per shape and dtype
             extra = {"do_not_specialize": _NO_SPECIALIZE} if name == "_cntk_kernel" and not interpret else {}
             ns[name] = wrap(copy, **extra)

@@ -127,7 +127,10 @@ def test_float32_within_1e5_of_float64(backend, name):
 
 
 def test_every_backend_and_network_is_covered():
-    assert {b for b, _ in (c.values for c in CASES)} == set(cntk.available_backends())
+    # every backend that computes on this device (on a GPU, the CPU-only numba kernel does not)
+    on_device = {b for b in cntk.available_backends()
+                 if DEVICE == "cpu" or DEVICE in getattr(cntk.api._load(b), "AUTO_DEVICES", (DEVICE,))}
+    assert {b for b, _ in (c.values for c in CASES)} == on_device
     assert {n for _, n in (c.values for c in CASES)} == set(NETWORKS)
 
 

@@ -81,3 +81,53 @@ def test_fold_groups_and_odd_shapes(monkeypatch):
             arch = cntk.Architecture(depth=3, readout=readout)
             ref = cntk.kernel(x, None, arch, backend="reference")
             assert _rel(cntk.kernel(x, None, arch, backend="triton"), ref) < 1e-10, (shape, readout)
+
+
+def test_compiled_kernel_declares_its_constexpr_parameters():
+    """The JIT copy of the kernel keeps its annotations: without them Triton treats SCALE, Q, FB, BH,
+    BW, F64 and IEEE as runtime values and the GPU compile fails (the interpreter never notices)."""
+    params = {p.name: p.is_constexpr for p in fused_triton._kernel(False).params}
+    assert [n for n, c in params.items() if c] == ["SCALE", "Q", "FB", "BH", "BW", "F64", "IEEE"]
+
+
+@pytest.mark.parametrize("dtype, shape", [(torch.float32, (3, 32, 32)), (torch.float64, (2, 6, 5))])
+def test_kernel_compiles_for_hopper_without_a_gpu(monkeypatch, dtype, shape):
+    """The launch path (argument binding, specialisation, Triton's frontend, LLVM and ptxas) down to
+    sm_90 machine code, on the CPU: Triton's active driver is replaced by one that names an H100/H200
+    target, and ``warmup`` compiles without launching.  Catches what the interpreter cannot: code
+    that only the GPU compiler rejects."""
+    import math
+
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+
+    monkeypatch.delenv("TRITON_INTERPRET")
+
+    class Hopper:
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, *args):
+            return 0
+
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+    if not hasattr(driver, "_active"):
+        pytest.skip("this Triton keeps its active driver elsewhere")
+    monkeypatch.setattr(driver, "_active", Hopper())  # restored after the test (no GPU: no default driver)
+    kern = fused_triton._kernel(False)
+    c, h, w = shape
+    bh, bw = 1 << (h - 1).bit_length(), 1 << (w - 1).bit_length()
+    fb = max(1, min(1 << (h * w - 1).bit_length(), 1024 // (bh * bw)))
+    x = torch.zeros(2, c, h, w, dtype=dtype)
+    s = torch.zeros(2, 3, h, w, dtype=dtype)
+    ij = torch.zeros(3, dtype=torch.int32)
+    args = (x, x, s, s, ij, ij, torch.zeros(3, 1, dtype=torch.float64), torch.zeros(8 * fb * bh * bw, dtype=dtype),
+            3, 1, 2, h * w, 3, c, h, w, 1, 1, 0)
+    compiled = kern.warmup(*args, grid=(1,), num_warps=8, SCALE=1 / math.pi, Q=3, FB=fb, BH=bh, BW=bw,
+                           F64=dtype == torch.float64, IEEE=False)
+    assert "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
