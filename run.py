@@ -3,7 +3,7 @@
     python run.py                                   # default: ntk_convergence on digits
     python run.py experiment=kernel_vs_network data=fashion_mnist
     python run.py -m experiment.seeds=[0],[1],[2]   # a sweep; aggregated at the end
-    python -m experiments.aggregate multirun/DATE/TIME
+    python -m experiments.harness.aggregate multirun/DATE/TIME
 
 Every run writes results.csv / results.json (config, overrides, git commit, versions, device, wall
 time), figures (PNG and PDF), summary.csv, job.json (how it ended) and run.log into its Hydra
@@ -23,9 +23,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import aggregate
-from experiments.config import register
-from experiments.runner import Interrupted, execute, one_line, write_status
+from experiments.harness import aggregate
+from experiments.harness.config import register
+from experiments.harness.runner import Interrupted, execute, one_line, write_status
 
 register()
 log = logging.getLogger("experiments")
@@ -70,7 +70,7 @@ def main(cfg: DictConfig) -> None:
 
 def _expected(err: BaseException) -> bool:
     """Bad input or environment (one line is the whole story), not a bug (traceback wanted)."""
-    from experiments.config import ConfigError
+    from experiments.harness.config import ConfigError
 
     return isinstance(err, (ConfigError, OSError, ValueError))
 

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import cntk  # noqa: E402
-from cntk import planes  # noqa: E402
+from cntk.backends import chain as chain_form, planes  # noqa: E402
 
 
 def best(fn, repeats: int = 3) -> float:
@@ -37,7 +37,7 @@ def main() -> None:
     torch.manual_seed(0)
     for readout, n in [("flatten", 64)] + ([("gap", 4)] if args.gap else []):
         arch = cntk.Architecture(depth=4, readout=readout)
-        chain = cntk.layers.chain(arch.network())
+        chain = chain_form.chain(arch.network())
         x, y = torch.randn(n, 3, 32, 32), torch.randn(n, 3, 32, 32)
         sx, sy = planes.prepare(x, arch), planes.prepare(y, arch)
         ii, jj = (g.reshape(-1) for g in torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"))

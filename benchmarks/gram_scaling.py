@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 def _inputs(n: int, depth: int, readout: str):
     import torch
 
-    from experiments.common import model_inputs
-    from experiments.config import ModelConfig
-    from experiments.data import data_config, load
+    from experiments.harness.common import model_inputs
+    from experiments.harness.config import ModelConfig
+    from experiments.harness.data import data_config, load
 
     data = load(data_config("fashion_mnist", n_train=n, n_test=n))
     arch = ModelConfig(depth=depth, readout=readout).architecture()
@@ -52,7 +52,7 @@ def _inputs(n: int, depth: int, readout: str):
 def single_process(n: int, depth: int, readout: str, cores: int) -> tuple[float, np.ndarray, np.ndarray]:
     """Seconds of the two direct kernel calls (after a warm-up), and their matrices."""
     import cntk
-    from experiments.common import set_threads
+    from experiments.harness.common import set_threads
 
     set_threads(cores)
     xtr, xte, arch = _inputs(n, depth, readout)
@@ -96,8 +96,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
 
-    from cntk.tiles import TileStore
-    from experiments.common import available_cores
+    from cntk.store.tiles import TileStore
+    from experiments.harness.common import available_cores
 
     cores = available_cores()
     n, entries = args.n, args.n * (args.n + 1) // 2 + args.n * args.n

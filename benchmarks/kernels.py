@@ -17,7 +17,7 @@ Every row is one (image size, depth, readout, backend, dtype), run in its own ch
 - vs ref: this row's entries/s over the reference backend's for the same size, depth, readout, dtype.
 
 Then a summary (default backend over reference; flatten over GAP, the O(P) against O(P^2) claim) and
-the anchors of design.md: neural-tangents 0.6.5 on this kind of 2-core machine, float32, 32x32x3,
+the anchors of docs/anchors.md: neural-tangents 0.6.5 on this kind of 2-core machine, float32, 32x32x3,
 3 conv layers (depth 4): 3.6 entries/s (CNN-GAP), about 18,500 entries/s (CNN-Flatten).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"32x32x3": (3, 32, 32), "8x8x1": (1, 8, 8)}
-NT_ANCHORS = {"gap": 3.6, "flatten": 18_500.0}  # design.md section 3, measured, float32
+NT_ANCHORS = {"gap": 3.6, "flatten": 18_500.0}  # docs/anchors.md, measured, float32
 # backends that evaluate pairs in blocks (numba: one x1 image against 8 x2 images, one SIMD lane each)
 # start their rows at 1 x block, so that a 1 x 1 call's idle lanes do not count against them
 BLOCK = {"numba": 8}
@@ -265,7 +265,7 @@ def main(argv: list[str]) -> int:
     if not args.no_anchors:
         print()
         print("## anchors: 32x32x3, 3 conv layers (depth 4), float32, cross kernel, NTK")
-        print("neural-tangents 0.6.5, this kind of 2-core machine (design.md): GAP 3.6 entries/s, flatten ~18,500")
+        print("neural-tangents 0.6.5, this kind of 2-core machine (docs/anchors.md): GAP 3.6 entries/s, flatten ~18,500")
         print(f"{'readout':<8} {'backend':<10} {'entries/s':>12} {'n-t anchor':>11} {'vs n-t':>8} {'target':>9} {'met':>4}")
         for readout in ("gap", "flatten"):
             res = run_child(spec("32x32x3", 4, readout, default, "float32"))

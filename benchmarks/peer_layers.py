@@ -87,7 +87,7 @@ def ours() -> dict:
     import torch
 
     import cntk
-    from cntk import layers as L
+    from cntk import activations as A, layers as L
 
     out = {}
     for name, (kind, spec) in NETWORKS.items():
@@ -99,11 +99,11 @@ def ours() -> dict:
             elif t == "dense":
                 layers.append(L.Dense(w_var=a[0], b_var=a[1]))
             elif t == "relu":
-                layers.append(L.Act(L.ReLU()))
+                layers.append(L.Act(A.ReLU()))
             elif t == "abrelu":
-                layers.append(L.Act(L.ABReLU(a=a[0], b=a[1])))
+                layers.append(L.Act(A.ABReLU(a=a[0], b=a[1])))
             elif t == "erf":
-                layers.append(L.Act(L.Erf()))
+                layers.append(L.Act(A.Erf()))
             elif t == "pool":
                 layers.append(L.AvgPool(a[0]))
             elif t == "gap":

@@ -10,7 +10,7 @@ from . import layers
 from .api import KINDS, available_backends, backends_for, choose_backend, kernel, register_backend
 from .architecture import Architecture
 from .layers import Network
-from .regression import KernelRegression, accuracy, fit as kernel_regression, paper_targets
+from cntk.solve.regression import KernelRegression, accuracy, fit as kernel_regression, paper_targets
 
 __all__ = [
     "Architecture",

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import fc, planes, reference
-from .layers import Network, NetworkError, as_network
+from cntk.backends import planes, reference, vector
+from cntk.layers import Network, as_network
+from cntk.errors import NetworkError
 
 KINDS = ("ntk", "nngp")
-_BACKENDS: dict[str, ModuleType] = {m.NAME: m for m in (reference, planes, fc)}
+_BACKENDS: dict[str, ModuleType] = {m.NAME: m for m in (reference, planes, vector)}
 # Fused backends live in their own modules and need optional packages; loaded on first use.
-_OPTIONAL_BACKENDS = {"numba": "cntk.fused_cpu", "triton": "cntk.fused_triton"}
+_OPTIONAL_BACKENDS = {"numba": "cntk.backends.fused_cpu", "triton": "cntk.backends.fused_triton"}
 _UNAVAILABLE: dict[str, str] = {}
 
 

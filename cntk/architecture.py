@@ -1,7 +1,7 @@
 """The paper's family of networks as a preset of the layer vocabulary (``cntk.layers``): one
 description for both the exact kernel and the finite net.
 
-Conventions (Arora et al. 2019, design.md section 2): ReLU, c_sigma = 2, q x q filters (q = 3),
+Conventions (Arora et al. 2019; docs/conventions.md): ReLU, c_sigma = 2, q x q filters (q = 3),
 stride 1, zero ("SAME") padding, no bias.  ``depth`` counts the conv (or hidden) layers plus the
 readout, so a net of depth d has L = d - 1 ReLU layers.  ``fix_first_last`` is the paper's "fix":
 the first and the last layer are not trained.  Beyond the paper: ``activation`` ("relu", "abrelu"
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .layers import NetworkError
+from cntk.errors import NetworkError
 
 FAMILIES = ("cnn", "fc", "myrtle")
 READOUTS = ("gap", "flatten")
@@ -72,7 +72,7 @@ class Architecture:
                 "fix_first_last with depth 2 freezes every layer (the NTK is 0): use depth >= 3 or fix_first_last=False"
             )
         if self.family == "myrtle":
-            from .layers import MYRTLE_STAGES
+            from cntk.presets import MYRTLE_STAGES
 
             if self.depth not in MYRTLE_STAGES:
                 raise ArchitectureError("depth", f"myrtle depth must be one of {sorted(MYRTLE_STAGES)}, got {self.depth}")
@@ -90,26 +90,26 @@ class Architecture:
             raise ArchitectureError("bias_var", f"bias_var must be >= 0 (0: no bias), got {self.bias_var}")
 
     @property
-    def n_relu_layers(self) -> int:
+    def n_act_layers(self) -> int:
         """L = depth - 1: the number of conv (or hidden) ReLU layers."""
         return self.depth - 1
 
     def network(self):
         """This architecture in the layer vocabulary (``cntk.layers``): the preset it names."""
-        from . import layers
+        from cntk import activations, presets
 
-        act = {"relu": layers.ReLU(), "erf": layers.Erf(),
-               "abrelu": layers.ABReLU(a=float(self.abrelu_a), b=float(self.abrelu_b))}[self.activation]
+        act = {"relu": activations.ReLU(), "erf": activations.Erf(),
+               "abrelu": activations.ABReLU(a=float(self.abrelu_a), b=float(self.abrelu_b))}[self.activation]
         b_var = float(self.bias_var) if self.bias_var else None
         if self.family == "fc":
-            return layers.fc_net(self.depth, fix_first_last=self.fix_first_last, act=act, b_var=b_var)
+            return presets.fc_net(self.depth, fix_first_last=self.fix_first_last, act=act, b_var=b_var)
         if self.family == "myrtle":
-            return layers.myrtle(self.depth, filter_size=self.filter_size, act=act, b_var=b_var)
-        return layers.paper_cnn(self.depth, self.readout, fix_first_last=self.fix_first_last,
+            return presets.myrtle(self.depth, filter_size=self.filter_size, act=act, b_var=b_var)
+        return presets.paper_cnn(self.depth, self.readout, fix_first_last=self.fix_first_last,
                                 filter_size=self.filter_size, act=act, b_var=b_var)
 
     @property
-    def relu_scale(self) -> float:
+    def act_scale(self) -> float:
         """The factor c_sigma / q^2 of every ReLU step (c_sigma for fc nets, which have no patches)."""
         if self.family == "fc":
             return C_SIGMA

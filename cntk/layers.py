@@ -25,10 +25,8 @@ Conventions (NTK parameterisation, as the paper; the same as ``cntk.Architecture
 With these the paper's CNN is Conv(q, unit) ReLU [Conv(q, w_var=2) ReLU]* GAP|Flatten
 Dense(w_var=2 / q^2): c_sigma = 2 in every layer after the first (``paper_cnn``).
 
-Adding an activation with a closed form: subclass ``Activation`` here (``pair``: its scaled K and
-Kdot; ``self_k``: E[phi(u)^2]; ``finite``: phi itself) and add it to ``ACTIVATIONS``; the
-reference and planes backends and the finite nets take it from here; fused backends list the
-activations they compile (their ``supports``), so nothing is ever silently computed as another.
+Activations live in ``cntk.activations``, ready-made networks in ``cntk.presets``, and the
+backends that compute a network's kernel in ``cntk.backends``.
 """
 from __future__ import annotations
 
@@ -39,131 +37,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .arccos import relu_step
-
-
-class NetworkError(ValueError):
-    """An impossible network description; ``field`` names the offending part."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-# ---------------------------------------------------------------------------------------------
-# activations
-
-
-@dataclass(frozen=True)
-class Activation:
-    """An elementwise nonlinearity with closed-form kernels."""
-
-    NAME: ClassVar[str] = ""
-
-    def pair(self, cov: torch.Tensor, std_x: torch.Tensor, std_y: torch.Tensor, scale: float,
-             exact: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale E[phi(u) phi(v)], scale E[phi'(u) phi'(v)]) elementwise; arguments broadcast."""
-        raise NotImplementedError
-
-    def self_k(self, var: torch.Tensor) -> torch.Tensor:
-        """E[phi(u)^2] for u ~ N(0, var): the diagonal of the next nngp on a self pair."""
-        raise NotImplementedError
-
-    def finite(self, h: torch.Tensor) -> torch.Tensor:
-        """phi(h) in the finite net."""
-        raise NotImplementedError
-
-    @property
-    def name(self) -> str:
-        return self.NAME
-
-
-@dataclass(frozen=True)
-class ReLU(Activation):
-    """max(x, 0): the arc-cosine kernels of degree 1 and 0 (``cntk.arccos``); relu'(0) = 0."""
-
-    NAME: ClassVar[str] = "relu"
-
-    def pair(self, cov, std_x, std_y, scale, exact=None):
-        return relu_step(cov, std_x, std_y, scale, exact=exact)
-
-    def self_k(self, var):
-        return var * 0.5
-
-    def finite(self, h):
-        return torch.relu(h)
-
-
-@dataclass(frozen=True)
-class ABReLU(Activation):
-    """a min(x, 0) + b max(x, 0) (leaky ReLU: a = slope, b = 1) = (b - a) relu(x) + a x, so
-    E[phi phi] = (b - a)^2 E[relu relu] + a b cov and E[phi' phi'] = (b - a)^2 E[relu' relu'] + a b.
-    The finite net computes phi'(0) = a (torch.where(x > 0, b x, a x)): where one variance is 0,
-    E[phi' phi'] = a (a + b) / 2 (a^2 where both are), as that net gives."""
-
-    NAME: ClassVar[str] = "abrelu"
-    a: float = 0.0
-    b: float = 1.0
-
-    def pair(self, cov, std_x, std_y, scale, exact=None):
-        a, b = float(self.a), float(self.b)
-        k, kd = relu_step(cov, std_x, std_y, scale * (b - a) ** 2, exact=exact)
-        norm = std_x * std_y
-        pos = norm > 0
-        c = torch.minimum(torch.maximum(cov, -norm), norm)  # = rho * norm: the true cov, also on exact pairs
-        if exact is not None:
-            c = torch.where(exact, norm, c)
-        k = k + (scale * a * b) * c
-        one_zero = (std_x > 0) | (std_y > 0)
-        zero_kd = torch.where(one_zero, torch.full_like(norm, scale * a * (a + b) / 2), torch.full_like(norm, scale * a * a))
-        kd = torch.where(pos, kd + scale * a * b, zero_kd)
-        return k, kd
-
-    def self_k(self, var):
-        return var * ((self.a * self.a + self.b * self.b) * 0.5)
-
-    def finite(self, h):
-        return torch.where(h > 0, self.b * h, self.a * h)
-
-
-def LeakyReLU(slope: float = 0.01) -> ABReLU:  # noqa: N802 - a constructor, named like the layer
-    """max(x, 0) + slope min(x, 0): ABReLU(a=slope, b=1)."""
-    return ABReLU(a=slope, b=1.0)
-
-
-@dataclass(frozen=True)
-class Erf(Activation):
-    """erf(x): E[erf(u) erf(v)] = (2 / pi) asin(2 c / sqrt((1 + 2 s_x)(1 + 2 s_y))) and
-    E[erf'(u) erf'(v)] = (4 / pi) / sqrt((1 + 2 s_x)(1 + 2 s_y) - 4 c^2) (Williams 1997); no
-    singularity at zero variance (erf'(0) = 2 / sqrt(pi))."""
-
-    NAME: ClassVar[str] = "erf"
-
-    def pair(self, cov, std_x, std_y, scale, exact=None):
-        vx, vy = std_x * std_x, std_y * std_y
-        if exact is not None:
-            cov = torch.where(exact, std_x * std_y, cov)
-        d = torch.sqrt((1 + 2 * vx) * (1 + 2 * vy))
-        arg = (2 * cov / d).clamp(-1.0, 1.0)
-        k = torch.asin(arg) * (scale * 2 / math.pi)
-        kd = (scale * 4 / math.pi) / torch.sqrt(((1 + 2 * vx) * (1 + 2 * vy) - 4 * cov * cov).clamp_min(1e-300))
-        return k, kd
-
-    def self_k(self, var):
-        return torch.asin(2 * var / (1 + 2 * var)) * (2 / math.pi)
-
-    def finite(self, h):
-        return torch.erf(h)
-
-
-ACTIVATIONS: dict[str, type[Activation]] = {c.NAME: c for c in (ReLU, ABReLU, Erf)}
-
-
-def activation(name: str, **params: float) -> Activation:
-    """The activation called ``name`` ("relu", "abrelu" with a, b; "erf")."""
-    if name not in ACTIVATIONS:
-        raise NetworkError("activation", f"unknown activation {name!r}: use one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name](**params)
+from .activations import ABReLU, Activation, ReLU
+from .errors import NetworkError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +137,22 @@ def _describe_vars(layer) -> str:
     return f"{w}{b}{'' if layer.trainable else ', frozen'}"
 
 
+PARAMETERISATIONS = ("ntk", "standard")
+
+
+def check_parameterisation(parameterisation: str) -> str:
+    if parameterisation not in PARAMETERISATIONS:
+        raise NetworkError("parameterisation", f"unknown parameterisation {parameterisation!r}: use one of "
+                                               f"{PARAMETERISATIONS}")
+    return parameterisation
+
+
+def _forward_multipliers(layer: "Layer", s: Shape, parameterisation: str) -> dict[str, float]:
+    """What the forward pass multiplies each parameter's term by: the multipliers (NTK), or 1 (standard)."""
+    m = layer.multipliers(s)
+    return m if parameterisation == "ntk" else {k: 1.0 for k in m}
+
+
 @dataclass(frozen=True)
 class Layer:
     """One layer: its finite half (``init``, ``apply``) and its kernel rule (``rule``)."""
@@ -273,11 +164,18 @@ class Layer:
         return s
 
     def init(self, s: Shape, n_out: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """Parameters drawn N(0, 1) in float32 on the CPU from ``gen`` for ``n_out`` output channels
-        (none for parameter-free layers)."""
+        """Parameters for ``n_out`` output channels (none for parameter-free layers), drawn N(0, 1) in
+        float32 on the CPU from ``gen``.  The standard parameterisation multiplies each by its
+        ``multipliers`` (after the cast to the net's dtype): the same function at initialisation."""
         return {}
 
-    def apply(self, params: dict[str, torch.Tensor], a: torch.Tensor, s: Shape) -> torch.Tensor:
+    def multipliers(self, s: Shape) -> dict[str, float]:
+        """Each parameter's multiplier in the NTK parameterisation (applied in the forward pass there,
+        folded into the initial values in the standard one)."""
+        return {}
+
+    def apply(self, params: dict[str, torch.Tensor], a: torch.Tensor, s: Shape,
+              parameterisation: str = "ntk") -> torch.Tensor:
         raise NotImplementedError
 
     def rule(self, st: PairState, s: Shape) -> PairState:
@@ -320,6 +218,9 @@ class Conv(Layer):
         """The finite layer's weight multiplier: sqrt(w_var / (q^2 C_in)), 1 for unit weights."""
         return 1.0 if self.w_var is None else math.sqrt(self.w_var / (self.q * self.q * s.channels))
 
+    def multipliers(self, s):
+        return {"weight": self.multiplier(s), "bias": math.sqrt(self.b_var or 0.0)}
+
     def init(self, s, n_out, gen):
         out = self.channels or n_out
         p = {"weight": torch.randn(out, s.channels, self.q, self.q, generator=gen, dtype=torch.float32)}
@@ -327,10 +228,11 @@ class Conv(Layer):
             p["bias"] = torch.randn(out, generator=gen, dtype=torch.float32)
         return p
 
-    def apply(self, params, a, s):
-        h = F.conv2d(a * self.multiplier(s), params["weight"], padding=self.q // 2)
+    def apply(self, params, a, s, parameterisation="ntk"):
+        m = _forward_multipliers(self, s, parameterisation)
+        h = F.conv2d(a * m["weight"], params["weight"], padding=self.q // 2)
         if self.b_var is not None:
-            h = h + math.sqrt(self.b_var) * params["bias"][:, None, None]
+            h = h + m["bias"] * params["bias"][:, None, None]
         return h
 
     def rule(self, st, s):
@@ -371,16 +273,20 @@ class Dense(Layer):
     def multiplier(self, s):
         return 1.0 if self.w_var is None else math.sqrt(self.w_var / s.fan_in)
 
+    def multipliers(self, s):
+        return {"weight": self.multiplier(s), "bias": math.sqrt(self.b_var or 0.0)}
+
     def init(self, s, n_out, gen):
         p = {"weight": torch.randn(n_out, s.channels, generator=gen, dtype=torch.float32)}
         if self.b_var is not None:
             p["bias"] = torch.randn(n_out, generator=gen, dtype=torch.float32)
         return p
 
-    def apply(self, params, a, s):
-        h = (a * self.multiplier(s)) @ params["weight"].T
+    def apply(self, params, a, s, parameterisation="ntk"):
+        m = _forward_multipliers(self, s, parameterisation)
+        h = (a * m["weight"]) @ params["weight"].T
         if self.b_var is not None:
-            h = h + math.sqrt(self.b_var) * params["bias"]
+            h = h + m["bias"] * params["bias"]
         return h
 
     def rule(self, st, s):
@@ -400,7 +306,7 @@ class Act(Layer):
     KIND: ClassVar[str] = "activation"
     fn: Activation = field(default_factory=ReLU)
 
-    def apply(self, params, a, s):
+    def apply(self, params, a, s, parameterisation="ntk"):
         return self.fn.finite(a)
 
     def rule(self, st, s):
@@ -441,7 +347,7 @@ class AvgPool(Layer):
                                        f"{self.k}, got {s.height} x {s.width}")
         return Shape(s.channels, s.height // self.k, s.width // self.k)
 
-    def apply(self, params, a, s):
+    def apply(self, params, a, s, parameterisation="ntk"):
         return F.avg_pool2d(a, self.k, self.k)
 
     def rule(self, st, s):
@@ -468,7 +374,7 @@ class GlobalAvgPool(Layer):
             raise NetworkError("layers", "GlobalAvgPool needs an image input")
         return Shape(s.channels, fan_in=s.channels)
 
-    def apply(self, params, a, s):
+    def apply(self, params, a, s, parameterisation="ntk"):
         return a.mean((2, 3))
 
     def rule(self, st, s):
@@ -487,7 +393,7 @@ class Flatten(Layer):
             raise NetworkError("layers", "Flatten needs an image input")
         return Shape(s.channels * s.height * s.width, fan_in=s.channels)
 
-    def apply(self, params, a, s):
+    def apply(self, params, a, s, parameterisation="ntk"):
         return a.flatten(1)
 
     def rule(self, st, s):
@@ -546,192 +452,6 @@ class Network:
     def depth(self) -> int:
         """Weight layers, readout included (the paper's depth for its CNNs)."""
         return sum(isinstance(l, (Conv, Dense)) for l in self.layers)
-
-
-def paper_cnn(depth: int = 3, readout: str = "gap", *, fix_first_last: bool = False, filter_size: int = 3,
-              act: Activation | None = None, b_var: float | None = None) -> Network:
-    """The paper's CNN-GAP / CNN-V (depth = conv layers + 1), with c_sigma = 2 (ReLU); ``act`` and
-    ``b_var`` give the same family with another activation or with biases."""
-    q, act = filter_size, act or ReLU()
-    layers: list[Layer] = [Conv(q, w_var=None, b_var=b_var, trainable=not fix_first_last), Act(act)]
-    for _ in range(depth - 2):
-        layers += [Conv(q, w_var=2.0, b_var=b_var), Act(act)]
-    layers += [GlobalAvgPool() if readout == "gap" else Flatten(),
-               Dense(w_var=2.0 / q**2, b_var=b_var, trainable=not fix_first_last)]
-    return Network(tuple(layers), f"CNN-{'GAP' if readout == 'gap' else 'V'}")
-
-
-def fc_net(depth: int = 3, *, fix_first_last: bool = False, act: Activation | None = None,
-           b_var: float | None = None) -> Network:
-    """The fully-connected net of the paper's Sec. 3 (depth = hidden layers + 1), c_sigma = 2."""
-    act = act or ReLU()
-    layers: list[Layer] = [Dense(w_var=None, b_var=b_var, trainable=not fix_first_last), Act(act)]
-    for _ in range(depth - 2):
-        layers += [Dense(w_var=2.0, b_var=b_var), Act(act)]
-    layers += [Dense(w_var=2.0, b_var=b_var, trainable=not fix_first_last)]
-    return Network(tuple(layers), "FC")
-
-
-MYRTLE_STAGES = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}  # conv layers per stage (neural-tangents' Myrtle example)
-
-
-def myrtle(depth: int = 5, *, filter_size: int = 3, act: Activation | None = None,
-           b_var: float | None = None) -> Network:
-    """Myrtle-style pooled CNN (Shankar et al. 2020): conv-ReLU stages with 2 x 2 average pooling
-    between them, then global average pooling and a dense readout; ``depth`` 5, 7 or 10 sets the
-    convolutions per stage (2, 1, 1), (2, 2, 2), (3, 3, 3).  Inputs must be divisible by 4."""
-    if depth not in MYRTLE_STAGES:
-        raise NetworkError("depth", f"myrtle depth must be one of {sorted(MYRTLE_STAGES)}, got {depth}")
-    q, act = filter_size, act or ReLU()
-    layers: list[Layer] = []
-    for stage, n in enumerate(MYRTLE_STAGES[depth]):
-        for i in range(n):
-            first = stage == 0 and i == 0
-            layers += [Conv(q, w_var=None if first else 2.0, b_var=b_var), Act(act)]
-        if stage < 2:
-            layers.append(AvgPool(2))
-    layers += [GlobalAvgPool(), Dense(w_var=2.0 / q**2, b_var=b_var)]
-    return Network(tuple(layers), f"Myrtle-{depth}")
-
-
-# ---------------------------------------------------------------------------------------------
-# the chain form that fast backends compute
-
-
-@dataclass(frozen=True)
-class Chain:
-    """A network of the form  W_1 phi W_2 phi ... W_L phi [GAP | Flatten] W_readout  with one filter
-    size and no pooling: what the offset-plane backends compute.  Per weight layer (L + 1, the
-    readout last): its scale (None: unit weights, else w_std^2 / q^2 -- the first divided by the
-    input channels at run time), bias variance, trainable; per activation layer (L): the activation."""
-
-    family: str
-    readout: str  # "gap" | "flatten" | "none" (fc)
-    filter_size: int
-    w2: tuple[float | None, ...]  # w_var per weight layer (None: unit weights)
-    b2: tuple[float, ...]
-    trainable: tuple[bool, ...]
-    acts: tuple[Activation, ...]
-
-    @property
-    def n_relu_layers(self) -> int:
-        return len(self.acts)
-
-    @property
-    def depth(self) -> int:
-        return len(self.acts) + 1
-
-    def scale(self, layer: int, channels: int = 1) -> float:
-        """s of weight layer ``layer`` (0-based; L is the readout): w_var / q^2 (the readout: w_var);
-        ``channels``: the input's C for layer 0."""
-        w2 = self.w2[layer]
-        q2 = self.filter_size**2 if self.family == "cnn" and layer < len(self.acts) else 1
-        if w2 is None:
-            return 1.0
-        return w2 / (q2 * (channels if layer == 0 else 1))
-
-    @property
-    def relu_scale(self) -> float:
-        """The scale every activation step multiplies by, when all layers after the first share it
-        (the paper's c_sigma / q^2); NaN otherwise."""
-        s = {self.scale(i) for i in range(1, len(self.w2))}
-        return s.pop() if len(s) == 1 else float("nan")
-
-    @property
-    def fix_first_last(self) -> bool:
-        return not self.trainable[0] and not self.trainable[-1] and all(self.trainable[1:-1])
-
-    @property
-    def paper_family(self) -> bool:
-        """The paper's own family: unit first layer, ReLU, c_sigma = 2, no bias, all trained or "fix"."""
-        return (self.w2[0] is None and all(isinstance(a, ReLU) and type(a) is ReLU for a in self.acts)
-                and not any(self.b2) and math.isclose(self.relu_scale, 2.0 / (self.filter_size**2 if self.family == "cnn" else 1))
-                and (all(self.trainable) or self.fix_first_last))
-
-
-def family_chain(net: Network, family: str) -> str | None:
-    """None when ``net`` is a chain of ``family`` ("cnn" or "fc"), else the reason it is not."""
-    c = chain(net)
-    if isinstance(c, str):
-        return c
-    if c.family != family:
-        return ("it is fully connected (the vector backend computes those)" if c.family == "fc"
-                else "it is convolutional (the image backends compute those)")
-    return None
-
-
-def chain(net: Network) -> Chain | str:
-    """``net`` in chain form, or the reason it is not one."""
-    layers = list(net.layers)
-    readout = "none"
-    if net.family == "cnn":
-        ro = [i for i, l in enumerate(layers) if l.KIND == "readout"]
-        if len(ro) != 1 or ro[0] != len(layers) - 2:
-            return "the readout (GlobalAvgPool or Flatten) must come right before the last Dense"
-        readout = "gap" if isinstance(layers[ro[0]], GlobalAvgPool) else "flatten"
-        body = layers[: ro[0]]
-    else:
-        body = layers[:-1]
-    if any(isinstance(l, AvgPool) for l in body):
-        return "it has AvgPool layers (pooling is computed by the reference backend only)"
-    weights, acts = body[0::2], body[1::2]
-    if len(weights) != len(acts) or not all(isinstance(a, Act) for a in acts) or not all(
-            isinstance(w, Conv if net.family == "cnn" else Dense) for w in weights):
-        return "it is not an alternation of weight layers and activations"
-    if net.family == "cnn":
-        qs = {w.q for w in weights}
-        if len(qs) != 1 or any(w.channels for w in weights):
-            return "its convolutions differ in filter size or fix their channels"
-        q = qs.pop()
-    else:
-        q = 1
-    if any(w.w_var is None for w in weights[1:]) or layers[-1].w_var is None:
-        return "only the first layer may have unit (unscaled) weights"
-    ws = [*weights, layers[-1]]
-    return Chain(net.family, readout, q, tuple(w.w_var for w in ws), tuple(w.b_var or 0.0 for w in ws),
-                 tuple(w.trainable for w in ws), tuple(a.fn for a in acts))
-
-
-# ---------------------------------------------------------------------------------------------
-# the reference rules, applied
-
-
-def initial_state(x: torch.Tensor, y: torch.Tensor, same: torch.Tensor | None) -> PairState:
-    """The raw input state of pairs (x[b], y[b]): images (B, C, H, W) -> (B, H, W, H, W); vectors (B, D) -> (B,)."""
-    same = same if same is not None and bool(same.any()) else None
-    if x.ndim == 4:
-        b, c, h, w = x.shape
-        g = torch.einsum("bcp,bcq->bpq", x.reshape(b, c, h * w), y.reshape(b, c, h * w)).reshape(b, h, w, h, w)
-        return PairState(g, torch.zeros_like(g), None, None, same, True, c)
-    g = (x * y).sum(1)
-    return PairState(g, torch.zeros_like(g), None, None, same, True, x.shape[1])
-
-
-def apply_rules(net: Network, state: PairState, shapes: list[Shape],
-                var_x: list[torch.Tensor], var_y: list[torch.Tensor]) -> PairState:
-    """Run every layer's rule; ``var_x`` / ``var_y``: the self pairs' nngp diagonals before each
-    activation, in order (from ``self_variances``)."""
-    k = 0
-    for layer, s in zip(net.layers, shapes):
-        if isinstance(layer, Act):
-            state = replace(state, var_x=var_x[k], var_y=var_y[k])
-            k += 1
-        state = layer.rule(state, s)
-    return state
-
-
-def self_variances(net: Network, x: torch.Tensor, shapes: list[Shape]) -> list[torch.Tensor]:
-    """For each activation layer, the nngp diagonal of every input's self pair before it: (N, H, W)
-    or (N,).  Computed by the rules themselves on (x, x) with rho = 1 on the diagonal."""
-    st = initial_state(x, x, torch.ones(len(x), dtype=torch.bool, device=x.device))
-    out = []
-    for layer, s in zip(net.layers, shapes):
-        if isinstance(layer, Act):
-            diag = _diag(st.nngp) if st.nngp.ndim == 5 else st.nngp
-            out.append(diag)
-            st = replace(st, var_x=diag, var_y=diag)
-        st = layer.rule(st, s)
-    return out
 
 
 def as_network(obj: Any) -> Network:

@@ -1,7 +1,7 @@
 """Hydra experiments, discovered from ``conf/experiment/*.yaml``: each file NAME.yaml has a module
 ``experiments/NAME.py`` that defines
 
-    Config                         its schema: a dataclass extending experiments.config.ExperimentConfig
+    Config                         its schema: a dataclass extending experiments.harness.config.ExperimentConfig
                                    (or GridExperiment), NAME set, with the fields it reads and their checks
     run(cfg, data, device, dtype)  -> result rows (list of dicts)
     plot(doc, out_dir)             -> (figure paths, summary rows), from a results document alone

@@ -1,10 +1,10 @@
 """The kernel matrix beyond one process: train x train (upper triangle) and test x train in tiles
-on disk (cntk.tiles), each Hydra job computing its round-robin share, resumable after a kill.
+on disk (cntk.store.tiles), each Hydra job computing its round-robin share, resumable after a kill.
 
     python run.py -m experiment=gram experiment.job=0,1,2,3 experiment.num_jobs=4 hydra/launcher=local_parallel
 
 The store is tied to its inputs' identity (data set, chosen indices, preprocessing, raw bytes:
-experiments/data.py), so any threads=, launcher or job count computes, resumes and solves it.
+experiments/harness/data.py), so any threads=, launcher or job count computes, resumes and solves it.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cntk.atomic import write_atomic
-from cntk.tiles import TileStore
+from cntk.store.atomic import write_atomic
+from cntk.store.tiles import TileStore
 
-from .common import model_inputs
-from .config import Config as RunConfig, ConfigError, ExperimentConfig, check
-from .data import Dataset
+from experiments.harness.common import model_inputs
+from experiments.harness.config import Config as RunConfig, ConfigError, ExperimentConfig, check
+from experiments.harness.data import Dataset
 
 
 @dataclass
@@ -148,7 +148,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
                 "seconds": seconds, "readout": cfg.model.readout, "depth": cfg.model.depth, "kind": g.kind,
             })
     except KeyboardInterrupt:
-        from .runner import Interrupted
+        from experiments.harness.runner import Interrupted
 
         raise Interrupted(f"{tiles_done(store_path(cfg))} tiles kept, rerun the same command to resume") from None
     return rows

@@ -33,11 +33,11 @@ import cntk
 import finite_nets
 from finite_nets.standard import build_standard
 
-from . import stats, sweep
-from .common import common, model_inputs, net_name, save_figure, style
-from .config import Config as RunConfig, ConfigError, GridExperiment, check
-from .data import Dataset
-from .results import write_atomic
+from experiments.harness import stats, sweep
+from experiments.harness.common import common, model_inputs, net_name, save_figure, style
+from experiments.harness.config import Config as RunConfig, ConfigError, GridExperiment, check
+from experiments.harness.data import Dataset
+from experiments.harness.results import write_atomic
 
 FAMILIES = ("ntk", "standard")
 ROUTES = ("centred", "small_kappa")

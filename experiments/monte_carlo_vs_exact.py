@@ -16,10 +16,18 @@ import torch
 import cntk
 import finite_nets
 
-from . import stats, sweep
-from .common import by_group, common, model_inputs, save_figure, series_name, style, width_series
-from .config import Config as RunConfig, GridExperiment, check
-from .data import Dataset
+from experiments.harness import stats, sweep
+from experiments.harness.common import (
+    by_group,
+    common,
+    model_inputs,
+    save_figure,
+    series_name,
+    style,
+    width_series,
+)
+from experiments.harness.config import Config as RunConfig, GridExperiment, check
+from experiments.harness.data import Dataset
 
 
 @dataclass

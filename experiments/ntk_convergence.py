@@ -28,11 +28,20 @@ import torch
 import cntk
 import finite_nets
 
-from . import sweep
-from .common import by_group, common, loglog_fit, model_inputs, save_figure, series_name, style, theorem_31_error, \
-    width_series
-from .config import Config as RunConfig, GridExperiment, check
-from .data import Dataset
+from experiments.harness import sweep
+from experiments.harness.common import (
+    by_group,
+    common,
+    loglog_fit,
+    model_inputs,
+    save_figure,
+    series_name,
+    style,
+    theorem_31_error,
+    width_series,
+)
+from experiments.harness.config import Config as RunConfig, GridExperiment, check
+from experiments.harness.data import Dataset
 
 
 @dataclass

@@ -29,10 +29,19 @@ import cntk
 import finite_nets
 from finite_nets.flow import train_flow
 
-from . import sweep
-from .common import by_group, common, loglog_fit, model_inputs, save_figure, series_name, style, width_series
-from .config import Config as RunConfig, GridExperiment, check
-from .data import Dataset
+from experiments.harness import sweep
+from experiments.harness.common import (
+    by_group,
+    common,
+    loglog_fit,
+    model_inputs,
+    save_figure,
+    series_name,
+    style,
+    width_series,
+)
+from experiments.harness.config import Config as RunConfig, GridExperiment, check
+from experiments.harness.data import Dataset
 
 ROUTES = ("centred", "small_kappa")
 
@@ -60,7 +69,7 @@ class Config(GridExperiment):
 def _weights(arch: cntk.Architecture, width: int, shape: tuple[int, ...]) -> int:
     """Trainable weights of the finite net (one output)."""
     q2 = arch.filter_size**2 if arch.family == "cnn" else 1
-    hidden = width * shape[0] * q2 + (arch.n_relu_layers - 1) * width * width * q2
+    hidden = width * shape[0] * q2 + (arch.n_act_layers - 1) * width * width * q2
     features = width * (shape[1] * shape[2] if arch.family == "cnn" and arch.readout == "flatten" else 1)
     return hidden + features
 

@@ -6,7 +6,7 @@ Which ridge: the accuracy with no ridge (the paper's setting) and with the ridge
 experiment.cv_folds-fold cross-validation on the training kernel (never on the test set).
 Cross-validation needs K_train in memory (the Cholesky path); on the CG path it is skipped.
 
-The report (``report``: this module's plot, and ``python -m experiments.table1_report`` over several
+The report (``report``: this module's plot, and ``python -m experiments.harness.table1_report`` over several
 solve sweeps) gives every accuracy a 95 % bootstrap interval over test images, and paired tests
 (exact McNemar, and a paired bootstrap interval of the difference) for the comparisons the paper
 makes: GAP vs V, CNTK vs CNN-GP (NNGP), and depth to depth, each between kernels solved on the
@@ -24,16 +24,16 @@ import numpy as np
 import torch
 
 import cntk
-from cntk.regression import cross_validate_ridge
-from cntk.solvers import solve_cg, solve_dense
-from cntk.tiles import TileStore
+from cntk.solve.regression import cross_validate_ridge
+from cntk.solve.solvers import solve_cg, solve_dense
+from cntk.store.tiles import TileStore
 
-from . import stats
-from .common import model_inputs, save_figure, style
-from .config import Config as RunConfig, check
-from .data import Dataset
+from experiments.harness import stats
+from experiments.harness.common import model_inputs, save_figure, style
+from experiments.harness.config import Config as RunConfig, check
+from experiments.harness.data import Dataset
 from .gram import StoreConfig, store_path
-from .results import write_atomic
+from experiments.harness.results import write_atomic
 
 # Arora et al. 2019, Table 1 (CIFAR-10, full data, no ridge), test accuracy in %; the CNTK-GAP
 # column is computed with "fix" (first and last layer not trained), the CNTK-V column without.

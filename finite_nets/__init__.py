@@ -8,9 +8,11 @@ training as in the theory, and the kernel-side predictions they are compared wit
     >>> theta = finite_nets.empirical_ntk(net, x)            # (6, 6), -> cntk.kernel(x, None, arch)
 """
 from .flow import FlowRun, train_flow
-from .layered import LayerNet, empirical_nngp
+from finite_nets.layer_net import LayerNet, empirical_nngp
 from .linearized import gd_predictions, kernel_predictions
-from .models import FiniteNet, build, default_device
+from finite_nets.paper_net import FiniteNet
+from finite_nets.builder import build
+from finite_nets.checks import default_device
 from .ntk import empirical_ntk, largest_eigenvalue
 from .training import GDRun, SGDRun, TrainingDiverged, train_gd, train_sgd
 

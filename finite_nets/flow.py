@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models import FiniteNet
+from finite_nets.paper_net import FiniteNet
 from .ntk import empirical_ntk
 from .training import _check_x, _check_y, _predict
 

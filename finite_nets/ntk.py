@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import FiniteNet
+from finite_nets.paper_net import FiniteNet
 
 METHODS = ("auto", "structured", "jacrev")
 CONTRACTIONS = ("auto", "gram", "jacobian")

@@ -20,7 +20,7 @@ from torch import nn
 
 from cntk import Architecture
 
-from .models import check_dtype_device, positive_int
+from finite_nets.checks import check_dtype_device, positive_int
 
 
 class StandardNet(nn.Module):
@@ -49,11 +49,11 @@ class StandardNet(nn.Module):
 
         c = shape[0]
         if arch.family == "cnn":
-            sizes = [(width, c)] + [(width, width)] * (arch.n_relu_layers - 1)
+            sizes = [(width, c)] + [(width, width)] * (arch.n_act_layers - 1)
             self.weights = nn.ParameterList([normal(math.sqrt(2 / (q * q * i)), o, i, q, q) for o, i in sizes])
             features = width if arch.readout == "gap" else width * shape[1] * shape[2]
         else:
-            sizes = [(width, c)] + [(width, width)] * (arch.n_relu_layers - 1)
+            sizes = [(width, c)] + [(width, width)] * (arch.n_act_layers - 1)
             self.weights = nn.ParameterList([normal(math.sqrt(2 / i), o, i) for o, i in sizes])
             features = width
         self.readout = normal(1 / math.sqrt(features), out_dim, features)

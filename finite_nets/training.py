@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 import cntk
 
-from .models import FiniteNet, positive_int
+from finite_nets.paper_net import FiniteNet
+from finite_nets.checks import positive_int
 from .ntk import empirical_ntk, largest_eigenvalue
 
 

@@ -45,5 +45,5 @@ block v_ntk_nngp "$V_TRAIN" "$V_TEST" model=cnn_v "model.depth=$V_DEPTHS" experi
 block gap_ntk_fix "$GAP_TRAIN" "$GAP_TEST" model=cnn_gap "model.depth=$GAP_DEPTHS" experiment.kind=ntk model.fix_first_last=true
 block gap_nngp "$GAP_TRAIN" "$GAP_TEST" model=cnn_gap "model.depth=$GAP_DEPTHS" experiment.kind=nngp
 block v_small "$GAP_TRAIN" "$GAP_TEST" model=cnn_v "model.depth=$GAP_DEPTHS" experiment.kind=ntk,nngp
-"$PY" -m experiments.table1_report "${SOLVES[@]}" --out "$OUT/report" ${NETWORKS:+--networks "$NETWORKS"}
+"$PY" -m experiments.harness.table1_report "${SOLVES[@]}" --out "$OUT/report" ${NETWORKS:+--networks "$NETWORKS"}
 cat "$OUT/report/table1.table.md" "$OUT/report/table1.tests.md"

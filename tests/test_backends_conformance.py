@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cntk
-from cntk import layers as L
+from cntk import activations as A, layers as L, presets as P  # noqa: F401 (L: graph networks)
 
 DEVICE = os.environ.get("CNTK_TEST_DEVICE", "cpu")
 
@@ -21,15 +21,15 @@ NETWORKS = {
     "paper-v-d4-fix": (cntk.Architecture(depth=4, readout="flatten", fix_first_last=True), (3, 4, 6)),
     "paper-gap-q5": (cntk.Architecture(depth=3, readout="gap", filter_size=5), (1, 6, 5)),
     "paper-v-q1": (cntk.Architecture(depth=3, readout="flatten", filter_size=1), (2, 4, 4)),
-    "abrelu-gap": (L.paper_cnn(4, "gap", act=L.ABReLU(a=0.2, b=1.0)), (2, 5, 5)),
-    "leaky-v-bias-fix": (L.paper_cnn(4, "flatten", act=L.LeakyReLU(0.1), b_var=0.5, fix_first_last=True), (2, 5, 4)),
-    "bias-gap": (L.paper_cnn(3, "gap", b_var=0.3), (1, 6, 6)),
-    "erf-gap": (L.paper_cnn(3, "gap", act=L.Erf()), (2, 5, 5)),
-    "erf-v-bias": (L.paper_cnn(3, "flatten", act=L.Erf(), b_var=0.2), (1, 5, 6)),
+    "abrelu-gap": (P.paper_cnn(4, "gap", act=A.ABReLU(a=0.2, b=1.0)), (2, 5, 5)),
+    "leaky-v-bias-fix": (P.paper_cnn(4, "flatten", act=A.LeakyReLU(0.1), b_var=0.5, fix_first_last=True), (2, 5, 4)),
+    "bias-gap": (P.paper_cnn(3, "gap", b_var=0.3), (1, 6, 6)),
+    "erf-gap": (P.paper_cnn(3, "gap", act=A.Erf()), (2, 5, 5)),
+    "erf-v-bias": (P.paper_cnn(3, "flatten", act=A.Erf(), b_var=0.2), (1, 5, 6)),
     "fc": (cntk.Architecture(family="fc", depth=4), (12,)),
-    "fc-abrelu-bias": (L.fc_net(4, act=L.ABReLU(a=-0.3, b=1.5), b_var=0.1), (9,)),
-    "fc-erf": (L.fc_net(3, act=L.Erf()), (7,)),
-    "myrtle-5": (L.myrtle(5), (1, 8, 8)),
+    "fc-abrelu-bias": (P.fc_net(4, act=A.ABReLU(a=-0.3, b=1.5), b_var=0.1), (9,)),
+    "fc-erf": (P.fc_net(3, act=A.Erf()), (7,)),
+    "myrtle-5": (P.myrtle(5), (1, 8, 8)),
 }
 
 
@@ -137,17 +137,17 @@ def test_every_backend_and_network_is_covered():
 def test_auto_picks_the_fastest_backend_that_computes_the_network():
     paper = cntk.Architecture(depth=3)
     assert cntk.choose_backend(paper, "cpu").NAME == ("numba" if "numba" in cntk.available_backends() else "planes")
-    assert cntk.choose_backend(L.paper_cnn(3, "gap", act=L.Erf()), "cpu").NAME == "planes"  # numba: ReLU / ABReLU
-    assert cntk.backends_for(L.myrtle(5)) == ["reference"]  # pooling
-    assert cntk.choose_backend(L.fc_net(3), "cpu").NAME == "vector"
+    assert cntk.choose_backend(P.paper_cnn(3, "gap", act=A.Erf()), "cpu").NAME == "planes"  # numba: ReLU / ABReLU
+    assert cntk.backends_for(P.myrtle(5)) == ["reference"]  # pooling
+    assert cntk.choose_backend(P.fc_net(3), "cpu").NAME == "vector"
     assert all(cntk.backends_for(net)[-1] == "reference" for net, _ in NETWORKS.values())
 
 
 @pytest.mark.parametrize("backend, net, words", [
-    ("numba", L.paper_cnn(3, "gap", act=L.Erf()), "compiles ReLU and ABReLU only"),
-    ("planes", L.myrtle(5), "AvgPool"),
+    ("numba", P.paper_cnn(3, "gap", act=A.Erf()), "compiles ReLU and ABReLU only"),
+    ("planes", P.myrtle(5), "AvgPool"),
     ("vector", cntk.Architecture(depth=3), "convolutional"),
-    ("planes", L.fc_net(3), "fully connected"),
+    ("planes", P.fc_net(3), "fully connected"),
 ])
 def test_a_backend_refuses_what_it_cannot_compute(backend, net, words):
     if backend not in cntk.available_backends():

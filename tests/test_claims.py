@@ -11,9 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from experiments.common import loglog_fit
-from experiments.config import register
-from experiments.runner import execute
+from experiments.harness.common import loglog_fit
+from experiments.harness.config import register
+from experiments.harness.runner import execute
 
 ROOT = Path(__file__).resolve().parents[1]
 register()

@@ -2,7 +2,7 @@
 
 Measured worst case on these inputs (default backend, 2026-11-27): 3.0e-6 (standardised digits,
 CNTK-V depth 3); every other case below 1e-6.  Without rho = 1 on the self pairs' zero plane the
-diagonal is off by up to 6e-4 at depth 21 (design.md section 2).
+diagonal is off by up to 6e-4 at depth 21 (docs/conventions.md, "Self pairs").
 """
 import pytest
 import torch

@@ -9,8 +9,15 @@ import pytest
 import torch
 from conftest import idx_bytes, write_fashion
 
-from experiments.config import ConfigError
-from experiments.data import DataMissingError, balanced_subset, data_config, load, read_cifar_archive, read_idx
+from experiments.harness.config import ConfigError
+from experiments.harness.data import (
+    DataMissingError,
+    balanced_subset,
+    data_config,
+    load,
+    read_cifar_archive,
+    read_idx,
+)
 
 
 @pytest.mark.parametrize("gz", [True, False])

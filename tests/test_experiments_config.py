@@ -8,8 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import experiments
-from experiments.config import ConfigError, ExperimentConfig, register
-from experiments.runner import prepare
+from experiments.harness.config import ConfigError, ExperimentConfig, register
+from experiments.harness.runner import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 register()
@@ -101,9 +101,9 @@ def test_run_py_fails_at_start_with_one_line(override, words, tmp_path):
 def test_device_auto_gives_each_job_its_own_gpu_and_jobs_share_the_cores(monkeypatch):
     import torch
 
-    from experiments import common
-    from experiments.common import resolve_device, set_threads
-    from experiments.runner import job_threads
+    from experiments.harness import common
+    from experiments.harness.common import resolve_device, set_threads
+    from experiments.harness.runner import job_threads
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto", job_num=3) == torch.device("cpu")

@@ -73,7 +73,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     bad = next(j for j in _rows(sweep2 / "jobs.csv") if j["status"] == "failed")
     assert "a_file" in bad["error"] and "a_file" in (sweep2 / bad["job"] / "run.log").read_text()
     # aggregating by hand reports the failure and keeps the finished job
-    proc = subprocess.run([sys.executable, "-m", "experiments.aggregate", str(sweep2)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "experiments.harness.aggregate", str(sweep2)], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 1 and "1 jobs ok, 1 failed" in proc.stdout
 
@@ -116,7 +116,7 @@ def _alive(pids):
 def test_killing_a_sweep_leaves_no_worker(tmp_path):
     """SIGKILL of a joblib sweep's parent: its workers (busy or idle) are gone within seconds and
     stop writing tiles."""
-    from experiments.reaper import descendants
+    from experiments.harness.reaper import descendants
 
     store = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=local_parallel",
@@ -167,8 +167,8 @@ def test_a_crashing_run_leaves_no_results_file(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
 
     import experiments.ntk_convergence as exp
-    from experiments.config import register
-    from experiments.runner import execute
+    from experiments.harness.config import register
+    from experiments.harness.runner import execute
 
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -184,7 +184,7 @@ def test_a_crashing_run_leaves_no_results_file(tmp_path, monkeypatch):
 
 
 def test_write_atomic_never_leaves_half_a_file(tmp_path, monkeypatch):
-    from experiments import results
+    from experiments.harness import results
 
     results.write_atomic(tmp_path / "r.csv", "old")
 

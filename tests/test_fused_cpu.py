@@ -1,4 +1,4 @@
-"""The fused CPU backend ("numba", cntk/fused_cpu.py) equals the plain P x P reference recursion.
+"""The fused CPU backend ("numba", cntk/backends/fused_cpu.py) equals the plain P x P reference recursion.
 
 test_backends_conformance.py and test_cntk_precision.py run every backend, this one included,
 against the reference (filter sizes, fix, the new layers, zero variance, tiling, float32); here
@@ -14,7 +14,7 @@ import torch
 
 import cntk
 
-fused = pytest.importorskip("cntk.fused_cpu")  # numba is a project dependency; skip cleanly without it
+fused = pytest.importorskip("cntk.backends.fused_cpu")  # numba is a project dependency; skip cleanly without it
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

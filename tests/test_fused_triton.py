@@ -1,7 +1,7 @@
 """The fused Triton backend ("triton") against the plain reference recursion, run on the CPU by
 Triton's interpreter (TRITON_INTERPRET=1, set by a fixture for these tests only).
 
-cntk.fused_triton reads TRITON_INTERPRET when it launches a kernel, not when it is imported, so it
+cntk.backends.fused_triton reads TRITON_INTERPRET when it launches a kernel, not when it is imported, so it
 does not matter whether triton or the module were imported earlier in the session (conftest's
 ``available_backends()`` imports it at collection time).  The interpreter runs the same kernel
 source as the GPU, in numpy: float64 is exact to rounding (tolerance 1e-10, measured <= 1e-15).
@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed: the fused GPU backend is optional")
 
 import cntk  # noqa: E402
-from cntk import fused_triton  # noqa: E402
+from cntk.backends import fused_triton
 
 
 @pytest.fixture(autouse=True)

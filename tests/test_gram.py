@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import cntk
-from cntk.regression import cross_validate_ridge
-from cntk.tiles import TileStore
-from experiments.data import data_config, load
+from cntk.solve.regression import cross_validate_ridge
+from cntk.store.tiles import TileStore
+from experiments.harness.data import data_config, load
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["data.n_train=40", "data.n_test=16"]
@@ -85,7 +85,7 @@ def test_killed_gram_run_resumes_and_recomputes_only_missing_tiles(tmp_path):
     done_before = {p.stem for p in (store / "train" / "tiles").glob("*.sha256")}
     assert 3 <= len(done_before) < 210, "the kill must land mid-way"
     assert not (tmp_path / "killed" / "results.csv").exists()
-    status = subprocess.run([sys.executable, "-m", "experiments.gram_status", str(store)], capture_output=True,
+    status = subprocess.run([sys.executable, "-m", "experiments.harness.gram_status", str(store)], capture_output=True,
                             text=True, cwd=ROOT)
     assert status.returncode == 1 and "incomplete" in status.stdout
     run_py(*args, f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
@@ -97,7 +97,7 @@ def test_killed_gram_run_resumes_and_recomputes_only_missing_tiles(tmp_path):
     k, kt = _direct(depth=4)
     np.testing.assert_allclose(TileStore.load(store / "train").assemble(), k, rtol=1e-10)
     np.testing.assert_allclose(TileStore.load(store / "test_train").assemble(), kt, rtol=1e-10)
-    status = subprocess.run([sys.executable, "-m", "experiments.gram_status", str(store)], capture_output=True,
+    status = subprocess.run([sys.executable, "-m", "experiments.harness.gram_status", str(store)], capture_output=True,
                             text=True, cwd=ROOT)
     assert status.returncode == 0 and "complete" in status.stdout
 
@@ -177,8 +177,8 @@ def test_gram_resume_and_solve_agree_with_any_thread_count(tmp_path):
 def test_unwritable_or_corrupt_stores_are_one_line(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
 
-    from experiments.config import ConfigError, register
-    from experiments.runner import execute
+    from experiments.harness.config import ConfigError, register
+    from experiments.harness.runner import execute
 
     register()
     overrides = ["experiment=gram", *DATA, f"experiment.store={tmp_path / 'store'}", "progress=false"]
@@ -213,7 +213,8 @@ def test_solve_report_intervals_cv_ridge_and_paired_tests(tmp_path):
     paired tests on the same test images."""
     import numpy as np
 
-    from experiments import solve, stats
+    from experiments import solve
+    from experiments.harness import stats
 
     rng = np.random.default_rng(0)
     rows = []
@@ -242,7 +243,7 @@ def test_solve_report_intervals_cv_ridge_and_paired_tests(tmp_path):
 
 def test_solve_report_keeps_kernel_variants_apart():
     """A Myrtle or ABReLU kernel with the paper's readout and depth is its own row, never pooled."""
-    from experiments import stats
+    from experiments.harness import stats
     from experiments.solve import comparisons, summarize
 
     correct = stats.encode(np.array([True, False, True, True]))

@@ -8,20 +8,20 @@ import torch
 
 import cntk
 import finite_nets
-from cntk import layers as L
-from experiments.common import loglog_fit
-from finite_nets.layered import LayerNet, empirical_nngp
+from cntk import activations as A, layers as L, presets as P
+from experiments.harness.common import loglog_fit
+from finite_nets.layer_net import LayerNet, empirical_nngp
 
 WIDTHS, SEEDS = (16, 64, 256, 1024), tuple(range(6))
 NETWORKS = {  # every layer of the vocabulary appears in at least one
     "paper-gap": cntk.Architecture(depth=3, readout="gap"),
     "paper-v-fix": cntk.Architecture(depth=4, readout="flatten", fix_first_last=True),
     "fc": cntk.Architecture(family="fc", depth=3),
-    "myrtle-5": L.myrtle(5),
-    "abrelu-gap": L.paper_cnn(3, "gap", act=L.ABReLU(a=0.3, b=1.2)),
-    "leaky-bias-v": L.paper_cnn(3, "flatten", act=L.LeakyReLU(0.1), b_var=0.4),
-    "erf-bias-gap": L.paper_cnn(3, "gap", act=L.Erf(), b_var=0.2),
-    "fc-erf-bias": L.fc_net(3, act=L.Erf(), b_var=0.1),
+    "myrtle-5": P.myrtle(5),
+    "abrelu-gap": P.paper_cnn(3, "gap", act=A.ABReLU(a=0.3, b=1.2)),
+    "leaky-bias-v": P.paper_cnn(3, "flatten", act=A.LeakyReLU(0.1), b_var=0.4),
+    "erf-bias-gap": P.paper_cnn(3, "gap", act=A.Erf(), b_var=0.2),
+    "fc-erf-bias": P.fc_net(3, act=A.Erf(), b_var=0.1),
 }
 
 

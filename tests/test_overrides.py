@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 import experiments
-from experiments.config import ConfigError, GridExperiment, register
-from experiments.runner import execute
+from experiments.harness.config import ConfigError, GridExperiment, register
+from experiments.harness.runner import execute
 
 ROOT = Path(__file__).resolve().parents[1]
 register()

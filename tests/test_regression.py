@@ -50,7 +50,7 @@ def test_leave_one_out_cross_validation_matches_the_closed_form():
     """folds = n is leave-one-out, whose held-out predictions have a closed form:
     f_-i(x_i) = y_i - alpha_i / G^-1_ii with G = K + lambda I (constant diagonal, so the relative ridge
     is the same lambda for every fold)."""
-    from cntk.regression import cross_validate_ridge
+    from cntk.solve.regression import cross_validate_ridge
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(30, 60, generator=g, dtype=torch.float64)

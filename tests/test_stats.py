@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from experiments import stats
+from experiments.harness import stats
 
 
 def test_bootstrap_interval_covers_the_true_accuracy_at_its_level():

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cntk.atomic import write_atomic
+from cntk.store.atomic import write_atomic
 
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"

@@ -11,7 +11,7 @@ import torch
 
 from cntk import Architecture
 
-from .results import write_atomic
+from experiments.harness.results import write_atomic
 
 
 def resolve_device(name: str, job_num: int = 0) -> torch.device:
@@ -121,7 +121,7 @@ def series_name(rows: list[dict]) -> str:
 
 
 def by_group(rows: list[dict], keys: tuple[str, ...] = ("readout", "depth")) -> list[tuple[tuple, list[dict]]]:
-    """Rows grouped by their setting (what a sweep varied, experiments/overrides.py) and ``keys``,
+    """Rows grouped by their setting (what a sweep varied, experiments/harness/overrides.py) and ``keys``,
     sorted: no fit or mean ever pools rows of different settings."""
     full = ("setting", "family", *keys)
     key = lambda r: tuple(str(r.get(k, "")) if k in ("setting", "family") else r[k] for k in full)  # noqa: E731

@@ -1,6 +1,6 @@
 """Fused Triton backend ("triton"): the whole L-layer recursion of one (pair, offset fold) in one program.
 
-Semantics are those of ``cntk.planes`` (design.md section 2, "The structure that makes it fast"):
+Semantics are those of ``cntk.backends.planes`` (docs/conventions.md, "Offset planes"):
 the patch trace never mixes entries of different spatial offset, so the P x P recursion splits into
 independent planes; CNTK-V needs the zero-offset plane only, CNTK-GAP sums all of them / P^2.
 
@@ -33,7 +33,7 @@ a polynomial fitted for each dtype (relative error 1e-9 for float32, 5e-18 for f
 acos(x) = 2 asin(sqrt((1 - |x|) / 2)) for |x| > 1/2.  Self pairs use rho = 1 exactly on their
 zero-offset fold.  Zero variance gives K = Kdot = 0.
 
-Networks: the paper's own family only (``cntk.layers.Chain.paper_family``: ReLU, c_sigma = 2, no
+Networks: the paper's own family only (``chain_form.Chain.paper_family``: ReLU, c_sigma = 2, no
 bias, all layers trained or the paper's fix); others go to the CPU backends (``supports``).
 
 Availability: importing needs triton (ImportError otherwise, handled by ``cntk.api``); CUDA
@@ -50,8 +50,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import planes
-from .layers import Chain, Network, chain
+from cntk.backends import planes
+from cntk.backends.chain import Chain, chain
+from cntk.layers import Network
 
 __all__ = ["prepare", "tile", "supports", "bytes_per_pair"]
 NAME = "triton"
@@ -149,7 +150,7 @@ def _acos(x, F64: tl.constexpr, IEEE: tl.constexpr):
 
 
 def _relu_step(cov, sx, sy, exact, scale_c: tl.constexpr, F64: tl.constexpr, IEEE: tl.constexpr):
-    """(K, Kdot) of cntk.arccos.relu_step; scale_c = relu_scale / (2 pi), a constexpr so that it
+    """(K, Kdot) of cntk.arccos.relu_step; scale_c = the chain's act_scale / (2 pi), a constexpr so that it
     enters float64 kernels in full precision (a float argument would be passed as float32)."""
     norm = sx * sy
     pos = norm > 0
@@ -317,7 +318,7 @@ def _kernel(interpret: bool):
 
 
 # ---------------------------------------------------------------------------------------------
-# Host side: the backend interface of cntk.planes.
+# Host side: the backend interface of cntk.backends.planes.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -338,7 +339,7 @@ def supports(net: Network, device: torch.device | str) -> str | None:
 
 
 def prepare(x: torch.Tensor, net: Network, shapes=None) -> torch.Tensor:
-    """Per-image sqrt-diagonals, (N, L, H, W): those of ``cntk.planes``."""
+    """Per-image sqrt-diagonals, (N, L, H, W): those of ``cntk.backends.planes``."""
     return planes.prepare(x, net)
 
 
@@ -376,7 +377,7 @@ def _pairs(x1, s1, x2, s2, ii, jj, arch: Chain, kind: str, symmetric: bool) -> t
     """Kernel values of the pairs (x1[ii], x2[jj]) as float64, one launch."""
     n_pairs = len(ii)
     _, c, h, w = x1.shape
-    n_layers = arch.n_relu_layers
+    n_layers = arch.n_act_layers
     interpret = _interpreting() or x1.device.type != "cuda"
     bh, bw = triton.next_power_of_2(h), triton.next_power_of_2(w)
     n_folds = h * w if arch.readout == "gap" else 1
@@ -386,7 +387,7 @@ def _pairs(x1, s1, x2, s2, ii, jj, arch: Chain, kind: str, symmetric: bool) -> t
     warps = int(os.environ.get(_ENV_WARPS, 0)) or max(1, min(16, (fb * bh * bw) // 128))
     n_blocks = -(-n_folds // fb)
     consts = dict(
-        SCALE=arch.relu_scale / (2 * math.pi), Q=arch.filter_size, FB=fb, BH=bh, BW=bw, F64=x1.dtype == torch.float64,
+        SCALE=arch.act_scale / (2 * math.pi), Q=arch.filter_size, FB=fb, BH=bh, BW=bw, F64=x1.dtype == torch.float64,
         IEEE=x1.dtype == torch.float32 and os.environ.get(_ENV_IEEE, "") == "1",
     )
     kern = _kernel(interpret)

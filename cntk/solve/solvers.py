@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .regression import fit
-from .tiles import TileStore
+from cntk.solve.regression import fit
+from cntk.store.tiles import TileStore
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Tiles done / missing / failed of a gram store.
 
-    python -m experiments.gram_status stores/digits-gap-d3-200x200-ntk
+    python -m experiments.harness.gram_status stores/digits-gap-d3-200x200-ntk
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cntk.tiles import TileStore
+from cntk.store.tiles import TileStore
 
 
 def report(root: str | Path) -> dict[str, dict[str, int]]:

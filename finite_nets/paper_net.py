@@ -35,28 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cntk import Architecture
-from cntk.layers import Network
 
-
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def check_dtype_device(x: torch.Tensor, p: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise ValueError unless x has the dtype and device of the net's parameter p."""
-    if x.dtype != p.dtype:
-        raise ValueError(f"{name} has dtype {x.dtype} but the net has {p.dtype}: convert one with .to(dtype)")
-    if x.device != p.device:
-        raise ValueError(f"{name} is on {x.device} but the net on {p.device}: move one with .to(device)")
-    return x
-
-
-def positive_int(name: str, value: object) -> int:
-    """value, or ValueError unless it is an integer >= 1 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+from .checks import check_dtype_device, default_device, positive_int
 
 
 class FiniteNet(nn.Module):
@@ -84,7 +64,7 @@ class FiniteNet(nn.Module):
             raise ValueError(f"arch must be a cntk.Architecture, got {type(arch).__name__}")
         if arch.family not in ("cnn", "fc") or arch.activation != "relu" or arch.bias_var:
             raise ValueError(f"FiniteNet is the paper's family (ReLU, no bias, cnn or fc); {arch} is not: "
-                             "use finite_nets.build, which builds any network (finite_nets.layered.LayerNet)")
+                             "use finite_nets.build, which builds any network (finite_nets.layer_net.LayerNet)")
         width = positive_int("width", width)
         out_dim = positive_int("out_dim", out_dim)
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -106,7 +86,7 @@ class FiniteNet(nn.Module):
         q = arch.filter_size
         m = width
         # scale of every layer's input after the first, and of the readout's input
-        self.hidden_scale = math.sqrt(arch.relu_scale / m)  # sqrt(c/(q^2 m)) for cnn, sqrt(c/m) for fc
+        self.hidden_scale = math.sqrt(arch.act_scale / m)  # sqrt(c/(q^2 m)) for cnn, sqrt(c/m) for fc
         gen = torch.Generator().manual_seed(seed)
         dev = torch.device(device) if device is not None else default_device()
 
@@ -117,10 +97,10 @@ class FiniteNet(nn.Module):
 
         c_in = shape[0]
         if arch.family == "cnn":
-            layers = [normal(m, c_in, q, q)] + [normal(m, m, q, q) for _ in range(arch.n_relu_layers - 1)]
+            layers = [normal(m, c_in, q, q)] + [normal(m, m, q, q) for _ in range(arch.n_act_layers - 1)]
             features = m if arch.readout == "gap" else m * shape[1] * shape[2]
         else:
-            layers = [normal(m, c_in)] + [normal(m, m) for _ in range(arch.n_relu_layers - 1)]
+            layers = [normal(m, c_in)] + [normal(m, m) for _ in range(arch.n_act_layers - 1)]
             features = m
         self.weights = nn.ParameterList(layers)
         self.readout = normal(out_dim, features)
@@ -201,40 +181,3 @@ class FiniteNet(nn.Module):
             f"family={a.family}, depth={a.depth}, readout={a.readout}, fix_first_last={a.fix_first_last}, "
             f"width={self.width}, input_shape={self.input_shape}, out_dim={self.out_dim}, output_scale={self.output_scale}"
         )
-
-
-def build(
-    arch: Architecture | Network,
-    width: int,
-    *,
-    input_shape: Sequence[int],
-    seed: int = 0,
-    out_dim: int = 1,
-    output_scale: float = 1.0,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-) -> "FiniteNet | LayerNet":
-    """The finite net of ``arch`` (a ``cntk.Architecture`` or any ``cntk.Network``) at ``width`` channels
-    (hidden units for fc) in the NTK parameterisation.
-
-    The paper's family (``Architecture`` with ReLU, no bias, cnn or fc) gives a ``FiniteNet``, whose
-    structured empirical NTK is fast; any other network a ``LayerNet`` (finite_nets.layered: every
-    layer's finite half from ``cntk.layers``), whose empirical NTK is the exact jacrev contraction.
-    Both compute the same function for the same seed.
-    input_shape: (C, H, W) for image networks (H, W fix a flatten readout's size; GAP accepts any
-        H, W), (D,) for fc.  seed: weights are drawn in float32 on the CPU from this seed, then cast,
-        so a seed names the same net on every device and in both dtypes.  out_dim: outputs (e.g.
-        classes).  output_scale: kappa of Theorem 3.2, multiplies the output (the NTK by kappa^2).
-        dtype: default torch's default; device: default CUDA when available, else CPU.
-    Its empirical NTK tends to kappa^2 cntk.kernel(x, x', arch, "ntk") as width grows.
-    """
-    if isinstance(arch, Architecture) and arch.family in ("cnn", "fc") and arch.activation == "relu" and not arch.bias_var:
-        return FiniteNet(arch, width, input_shape=input_shape, out_dim=out_dim, output_scale=output_scale, seed=seed,
-                         dtype=dtype, device=device)
-    net = arch.network() if isinstance(arch, Architecture) else arch
-    if not isinstance(net, Network):
-        raise ValueError(f"arch must be a cntk.Architecture or cntk.Network, got {type(arch).__name__}")
-    from .layered import LayerNet
-
-    return LayerNet(net, width, input_shape=input_shape, out_dim=out_dim, output_scale=output_scale, seed=seed,
-                    dtype=dtype, device=device or default_device())

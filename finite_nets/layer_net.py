@@ -1,5 +1,7 @@
 """The finite net of any ``cntk.Network``: every layer's finite half (``cntk.layers``: init and apply)
-composed, at width m, in the NTK parameterisation of the vocabulary.
+composed, at width m, in the NTK parameterisation of the vocabulary or in the standard one (the
+same N(0, 1) draws times each layer's multipliers, no multipliers in the forward pass: the same
+function at initialisation, the per-weight steps of practice in training).
 
 Its empirical NTK (``finite_nets.empirical_ntk``, the exact jacrev contraction) tends to
 kappa^2 ``cntk.kernel(x, x', net, "ntk")`` as m grows, and its empirical NNGP (``empirical_nngp``:
@@ -16,19 +18,21 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cntk.layers import Dense, Network, NetworkError
+from cntk.layers import Dense, Network, check_parameterisation
+from cntk.errors import NetworkError
 
-from .models import check_dtype_device, positive_int
+from finite_nets.checks import check_dtype_device, positive_int
 
 
 class LayerNet(nn.Module):
     """``net`` at ``width`` channels (units): forward(x) (N, ...) -> (N, out_dim), times kappa
     (``output_scale``).  Weights and biases are drawn N(0, 1) in float32 on the CPU from ``seed``, layer
-    by layer in order, then cast; frozen layers (``trainable=False``) have requires_grad False."""
+    by layer in order, then cast; frozen layers (``trainable=False``) have requires_grad False.
+    ``parameterisation``: "ntk" (the theorems') or "standard" (module docstring)."""
 
     def __init__(self, net: Network, width: int, *, input_shape: Sequence[int], out_dim: int = 1,
                  output_scale: float = 1.0, seed: int = 0, dtype: torch.dtype | None = None,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, parameterisation: str = "ntk") -> None:
         super().__init__()
         if not isinstance(net, Network):
             raise ValueError(f"net must be a cntk.Network, got {type(net).__name__}")
@@ -36,6 +40,7 @@ class LayerNet(nn.Module):
         if not isinstance(output_scale, (int, float)) or not math.isfinite(output_scale) or output_scale <= 0:
             raise ValueError(f"output_scale (kappa) must be a finite number > 0, got {output_scale!r}")
         try:
+            self.parameterisation = check_parameterisation(parameterisation)
             self.shapes = net.shapes(tuple(input_shape), width, out_dim)
         except NetworkError as err:
             raise ValueError(str(err)) from None
@@ -48,8 +53,10 @@ class LayerNet(nn.Module):
         last = len(net.layers) - 1
         for i, (layer, s) in enumerate(zip(net.layers, self.shapes)):
             holder = nn.Module()
+            scale = layer.multipliers(s) if self.parameterisation == "standard" else {}
             for name, t in layer.init(s, out_dim if i == last else width, gen).items():
-                p = nn.Parameter(t.to(device=dev, dtype=dtype), requires_grad=bool(getattr(layer, "trainable", True)))
+                t = t.to(device=dev, dtype=dtype) * scale.get(name, 1.0)
+                p = nn.Parameter(t, requires_grad=bool(getattr(layer, "trainable", True)))
                 holder.register_parameter(name, p)
             self.layer_params.append(holder)
 
@@ -74,19 +81,24 @@ class LayerNet(nn.Module):
         self.check_input(x)
         a = x
         for i, (layer, s) in enumerate(zip(self.net.layers[:-1], self.shapes)):
-            a = layer.apply(self._params(i), a, s)
-        ro = self.net.layers[-1]
-        return a * (ro.multiplier(self.shapes[-2]) * self.output_scale)
+            a = layer.apply(self._params(i), a, s, self.parameterisation)
+        return a * (self._readout_multipliers()["weight"] * self.output_scale)
+
+    def _readout_multipliers(self) -> dict[str, float]:
+        m = self.net.layers[-1].multipliers(self.shapes[-2])
+        return m if self.parameterisation == "ntk" else {k: 1.0 for k in m}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x) @ self.readout.T
         ro: Dense = self.net.layers[-1]
         if ro.b_var is not None:
-            f = f + (math.sqrt(ro.b_var) * self.output_scale) * self._params(len(self.net.layers) - 1)["bias"]
+            bias = self._params(len(self.net.layers) - 1)["bias"]
+            f = f + (self._readout_multipliers()["bias"] * self.output_scale) * bias
         return f
 
     def extra_repr(self) -> str:
-        return f"{self.net.describe()}, width={self.width}, out_dim={self.out_dim}, output_scale={self.output_scale}"
+        return (f"{self.net.describe()}, width={self.width}, out_dim={self.out_dim}, output_scale={self.output_scale}, "
+                f"parameterisation={self.parameterisation}")
 
 
 def empirical_nngp(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:

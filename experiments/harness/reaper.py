@@ -1,4 +1,4 @@
-"""Orphan reaper of a local sweep: ``python -m experiments.reaper PID``.
+"""Orphan reaper of a local sweep: ``python -m experiments.harness.reaper PID``.
 
 Started by run.py (in its own session) when a multirun launches jobs as processes of this machine
 (joblib's loky workers, submitit's local jobs).  Every 0.2 s it records the processes descended

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import CONF_DIR
-from .config import ConfigError, GridExperiment
+from experiments import CONF_DIR
+from experiments.harness.config import ConfigError, GridExperiment
 
 ENVIRONMENT_KEYS = ("device", "threads", "progress")  # where and how fast, not what
 GROUPS = ("data", "model", "experiment")

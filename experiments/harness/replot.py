@@ -1,6 +1,6 @@
 """Redraw a run's figures from its results file (no recomputation).
 
-    python -m experiments.replot outputs/2026-11-27/10-00-00 [--out figures/]
+    python -m experiments.harness.replot outputs/2026-11-27/10-00-00 [--out figures/]
 """
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import get, results
+from experiments import get
+from experiments.harness import results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Default torch backend: the recursion evolved on spatial-offset planes (design.md section 2).
+"""Default torch backend: the recursion evolved on spatial-offset planes (docs/conventions.md, "Offset planes").
 
 The patch trace shifts both pixels of an entry by the same (s, t), so the entries of fixed offset
 d = p' - p form a plane that evolves alone: plane_d[i, j] = A[(i, j), (i, j) + d], an H x W array
@@ -23,7 +23,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .layers import Chain, Network, chain, family_chain
+from cntk.backends.chain import Chain, chain, family_chain
+from cntk.layers import Network
 
 NAME = "planes"
 PRIORITY = 10
@@ -52,7 +53,7 @@ def prepare(x: torch.Tensor, net: Network | Chain, shapes=None) -> torch.Tensor:
     there and Sigma^(h) = s box(K^(h)) + bias variance: a closed form, once per image.
     """
     c = net if isinstance(net, Chain) else chain(net)
-    q, n_layers = c.filter_size, c.n_relu_layers
+    q, n_layers = c.filter_size, c.n_act_layers
     var = _first(box_sum((x * x).sum(1), q), c, x.shape[1])
     stds = []
     for layer in range(1, n_layers + 1):
@@ -118,7 +119,7 @@ def pairs(
     that are no pixel pair (separators, padding) are kept at 0 after every activation (``valid``),
     also for activations whose kernels are not 0 at zero variance.
     """
-    q, n_layers = c.filter_size, c.n_relu_layers
+    q, n_layers = c.filter_size, c.n_act_layers
     h, w, r = x.shape[-2], x.shape[-1], q // 2
     every = c.readout == "gap"
     xr, yr = (t.to(x.device) for t in _fold_index(h, r, every))
@@ -157,7 +158,7 @@ def bytes_per_pair(shape: tuple[int, int, int], net: Network, itemsize: int) -> 
     ch, h, w = shape
     r = c.filter_size // 2
     folds = 1 if c.readout == "flatten" else h * w
-    return (10 + ch + 2 * c.n_relu_layers) * folds * (h + r) * (w + r) * itemsize
+    return (10 + ch + 2 * c.n_act_layers) * folds * (h + r) * (w + r) * itemsize
 
 
 def tile(x1, s1, x2, s2, net: Network, shapes, kind: str, symmetric: bool, batch_size: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DATA_SCHEMAS, ConfigError, DataConfig
+from experiments.harness.config import DATA_SCHEMAS, ConfigError, DataConfig
 
 
 class DataMissingError(FileNotFoundError):

@@ -9,12 +9,52 @@ oracle and the benchmark baseline, and the backend of pooled networks.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from .layers import Network, apply_rules, initial_state, self_variances
+from cntk.layers import Act, Network, PairState, Shape, _diag
 
 NAME = "reference"
 PRIORITY = 0  # the slowest: chosen only when no other backend computes the network
+
+
+def initial_state(x: torch.Tensor, y: torch.Tensor, same: torch.Tensor | None) -> PairState:
+    """The raw input state of pairs (x[b], y[b]): images (B, C, H, W) -> (B, H, W, H, W); vectors (B, D) -> (B,)."""
+    same = same if same is not None and bool(same.any()) else None
+    if x.ndim == 4:
+        b, c, h, w = x.shape
+        g = torch.einsum("bcp,bcq->bpq", x.reshape(b, c, h * w), y.reshape(b, c, h * w)).reshape(b, h, w, h, w)
+        return PairState(g, torch.zeros_like(g), None, None, same, True, c)
+    g = (x * y).sum(1)
+    return PairState(g, torch.zeros_like(g), None, None, same, True, x.shape[1])
+
+
+def apply_rules(net: Network, state: PairState, shapes: list[Shape],
+                var_x: list[torch.Tensor], var_y: list[torch.Tensor]) -> PairState:
+    """Run every layer's rule; ``var_x`` / ``var_y``: the self pairs' nngp diagonals before each
+    activation, in order (from ``self_variances``)."""
+    k = 0
+    for layer, s in zip(net.layers, shapes):
+        if isinstance(layer, Act):
+            state = replace(state, var_x=var_x[k], var_y=var_y[k])
+            k += 1
+        state = layer.rule(state, s)
+    return state
+
+
+def self_variances(net: Network, x: torch.Tensor, shapes: list[Shape]) -> list[torch.Tensor]:
+    """For each activation layer, the nngp diagonal of every input's self pair before it: (N, H, W)
+    or (N,).  Computed by the rules themselves on (x, x) with rho = 1 on the diagonal."""
+    st = initial_state(x, x, torch.ones(len(x), dtype=torch.bool, device=x.device))
+    out = []
+    for layer, s in zip(net.layers, shapes):
+        if isinstance(layer, Act):
+            diag = _diag(st.nngp) if st.nngp.ndim == 5 else st.nngp
+            out.append(diag)
+            st = replace(st, var_x=diag, var_y=diag)
+        st = layer.rule(st, s)
+    return out
 
 
 def supports(net: Network, device: torch.device) -> str | None:

@@ -1,6 +1,6 @@
 """Fused CPU backend ("numba"): the offset-plane recursion, all layers of a plane in cache, compiled.
 
-Same mathematics and conventions as ``planes`` (see its docstring and design.md section 2): the
+Same mathematics and conventions as ``planes`` (see its docstring and docs/conventions.md): the
 entries of a pair's P x P matrices with a fixed spatial offset d = (di, dj) form a plane that
 evolves alone through every layer; on the plane's valid rectangle, (H - |di|) x (W - |dj|) pixels
 of x whose partner pixel (i + di, j + dj) lies inside y, the patch trace is a q x q box sum with
@@ -52,7 +52,9 @@ import torch
 from numba import njit, types
 from numba.extending import overload
 
-from .layers import ABReLU, Chain, Network, ReLU, chain, family_chain
+from cntk.activations import ABReLU, ReLU
+from cntk.backends.chain import Chain, chain, family_chain
+from cntk.layers import Network
 
 NAME = "numba"
 PRIORITY = 30
@@ -445,7 +447,7 @@ def supports(net: Network, device: torch.device) -> str | None:
 
 def params(c: Chain, channels: int, dtype) -> np.ndarray:
     """The (7, L + 1) constants of ``_plane_block`` for chain c (module docstring)."""
-    n = c.n_relu_layers
+    n = c.n_act_layers
     prm = np.zeros((7, n + 1), dtype=dtype)
     act = c.acts[0]
     a, b = (float(act.a), float(act.b)) if isinstance(act, ABReLU) else (0.0, 1.0)
@@ -525,7 +527,7 @@ def prepare(x: torch.Tensor, net: Network | Chain, shapes=None) -> torch.Tensor:
     compiled code: a few small torch ops per image cost more than this whole loop)."""
     c = net if isinstance(net, Chain) else chain(net)
     a = _np(x)
-    n = c.n_relu_layers
+    n = c.n_act_layers
     out = np.empty((a.shape[0], n, a.shape[2], a.shape[3]), dtype=a.dtype)
     act = c.acts[0]
     half = (float(act.a) ** 2 + float(act.b) ** 2) / 2 if isinstance(act, ABReLU) else 0.5

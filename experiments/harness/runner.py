@@ -10,10 +10,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import get, overrides, results
-from .common import resolve_device, resolve_dtype, set_threads
-from .config import Config, ConfigError
-from .data import load
+from experiments import get
+from experiments.harness import overrides, results
+from experiments.harness.common import resolve_device, resolve_dtype, set_threads
+from experiments.harness.config import Config, ConfigError
+from experiments.harness.data import load
 
 log = logging.getLogger("experiments")
 JOB_STATUS = "job.json"
@@ -55,7 +56,7 @@ def job_threads(threads: int, launcher: dict[str, Any] | None) -> int:
     the joblib launcher (jobs at once on this machine), cpus_per_task under submitit, else all."""
     if threads:
         return threads
-    from .common import available_cores
+    from experiments.harness.common import available_cores
 
     cores, target = available_cores(), str((launcher or {}).get("_target_", "")).lower()
     if "joblib" in target:

@@ -64,7 +64,7 @@ class DigitsConfig(ImageDataConfig):
 
 @dataclass
 class FileDataConfig(ImageDataConfig):
-    root: str | None = None  # where the files are (default: per data set, see experiments/data.py)
+    root: str | None = None  # where the files are (default: per data set, see experiments/harness/data.py)
     download: bool = False  # fetch and checksum-verify when the files are missing (needs internet)
 
 
@@ -105,7 +105,7 @@ DATA_SCHEMAS: dict[str, type[DataConfig]] = {c.NAME: c for c in (DigitsConfig, F
 class ModelConfig:
     """The architecture (one description builds the finite net and its exact kernel) and a width.
     Experiments that sweep depth, readout or width (``experiment.depths`` ...) take an explicit
-    ``model.depth`` / ``model.readout`` / ``model.width`` as a one-value grid (experiments/overrides.py)."""
+    ``model.depth`` / ``model.readout`` / ``model.width`` as a one-value grid (experiments/harness/overrides.py)."""
 
     family: str = "cnn"  # cnn | fc | myrtle
     depth: int = 3
@@ -139,7 +139,7 @@ class ModelConfig:
 class ExperimentConfig:
     """Base of every experiment's schema.  Subclasses set NAME and add their own fields.
 
-    Class attributes (not config keys) tell the override rule (experiments/overrides.py) how the
+    Class attributes (not config keys) tell the override rule (experiments/harness/overrides.py) how the
     experiment uses the shared keys:
       AXES: override key -> result-row column it becomes (swept inside a run, or across jobs;
             rows of different values are never pooled because the column tells them apart);
@@ -166,7 +166,7 @@ class ExperimentConfig:
 
 @dataclass
 class GridExperiment(ExperimentConfig):
-    """An experiment over the grid readout x depth x width x seed (experiments/sweep.py runs it).
+    """An experiment over the grid readout x depth x width x seed (experiments/harness/sweep.py runs it).
     An explicit ``model.readout`` / ``model.depth`` / ``model.width`` becomes the one-value list."""
 
     AXES: ClassVar[dict[str, str]] = {
@@ -219,7 +219,7 @@ def register() -> None:
     """Register the schemas with Hydra's ConfigStore: ``schema_config`` (conf/config.yaml),
     ``schema_model``, ``schema_data_NAME`` and ``schema_experiment_NAME`` (the group files extend
     them).  Stored outside the groups, so that ``--help`` lists only real options."""
-    from . import get, names
+    from experiments import get, names
 
     cs = ConfigStore.instance()
     cs.store(name="schema_config", node=Config)

@@ -2,7 +2,7 @@
 columns kept, rows of different settings told apart by a ``setting`` column), every job's config,
 and the sweep's figures drawn from the merged rows.
 
-    python -m experiments.aggregate multirun/2026-11-27/10-00-00
+    python -m experiments.harness.aggregate multirun/2026-11-27/10-00-00
 
 Also runs by itself at the end of every ``python run.py -m ...`` (a Hydra callback), whatever
 failed; run.py runs it too when the launcher itself breaks.
@@ -21,10 +21,11 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 
-from . import get, overrides, results
-from .runner import JOB_STATUS
+from experiments import get
+from experiments.harness import overrides, results
+from experiments.harness.runner import JOB_STATUS
 
-log = logging.getLogger("experiments.aggregate")
+log = logging.getLogger("experiments.harness.aggregate")
 SWEEP: dict[str, Any] = {"dir": None, "aggregated": False}  # the running sweep of this process (run.py)
 
 
@@ -144,7 +145,7 @@ def interrupt_note(sweep_dir: str | Path | None) -> str:
     """What an interrupted sweep kept: tiles of its gram stores, or its finished jobs."""
     if sweep_dir is None or not Path(sweep_dir).is_dir():
         return "nothing written"
-    from .gram import tiles_done
+    from experiments.gram import tiles_done
 
     jobs = _job_dirs(Path(sweep_dir))
     stores = set()
@@ -154,7 +155,7 @@ def interrupt_note(sweep_dir: str | Path | None) -> str:
         except (OSError, yaml.YAMLError):
             continue
         if (cfg.get("experiment") or {}).get("name") == "gram":
-            from .gram import store_path
+            from experiments.gram import store_path
 
             stores.add(str(store_path(cfg)))
     if stores:
@@ -168,7 +169,7 @@ def _start_reaper(launcher: dict[str, Any]) -> None:
     its own session kills every process this one started if this one dies (even by SIGKILL)."""
     target = str(launcher.get("_target_", ""))
     if "Joblib" in target or "LocalLauncher" in target:
-        subprocess.Popen([sys.executable, "-m", "experiments.reaper", str(os.getpid())], start_new_session=True,
+        subprocess.Popen([sys.executable, "-m", "experiments.harness.reaper", str(os.getpid())], start_new_session=True,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

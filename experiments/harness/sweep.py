@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from cntk import Architecture
 
-from .config import Config
+from experiments.harness.config import Config
 
 Rows = list[dict[str, Any]]
 log = logging.getLogger("experiments")
@@ -19,7 +19,7 @@ log = logging.getLogger("experiments")
 def hidden_weights(arch: Architecture, width: int) -> int:
     """Weights of the net's m x m hidden layers, (L - 1) q^2 m^2 (q = 1 for fc): what its cost grows with."""
     q2 = arch.filter_size**2 if arch.family == "cnn" else 1
-    return (arch.n_relu_layers - 1) * q2 * width * width
+    return (arch.n_act_layers - 1) * q2 * width * width
 
 
 def architectures(cfg: Config) -> list[tuple[str, int, Architecture]]:

@@ -3,7 +3,7 @@ CNN-GAP at the size its cost allows): one table with intervals and costs, the pa
 paper's CIFAR-10 column in its own table, one figure; optionally the finite CNNs of a
 kernel_vs_network run beside.
 
-    python -m experiments.table1_report SOLVE_SWEEP [SOLVE_SWEEP ...] --out figures/ [--networks RUN]
+    python -m experiments.harness.table1_report SOLVE_SWEEP [SOLVE_SWEEP ...] --out figures/ [--networks RUN]
 
 Writes into --out: table1.png / .pdf, table1.table.md, table1.tests.md, table1.paper.md,
 table1.results.json / .csv (the merged rows, each sweep's provenance kept) and table1.summary.csv.
@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import results, solve
+from experiments.harness import results
+from experiments import solve
 
 
 def merge(sweeps: list[Path]) -> dict:

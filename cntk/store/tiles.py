@@ -4,7 +4,7 @@ Layout of a store folder:
     meta.json               what the matrix is: architecture, kind, dtype, sizes, tile size,
                             and a sha256 fingerprint of the inputs (a store never mixes inputs):
                             of their identity when the caller gives one (the data set, chosen
-                            indices, preprocessing and raw bytes: experiments/data.py), so that
+                            indices, preprocessing and raw bytes: experiments/harness/data.py), so that
                             the last bits of a preprocessing never matter; else of their bytes
     tiles/r{I}_c{J}.npy     one tile, rows I*T.., columns J*T.. (numpy .npy)
     tiles/r{I}_c{J}.sha256  its checksum, written after the tile
@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import kernel
-from .architecture import Architecture
-from .atomic import write_atomic
+from cntk.api import kernel
+from cntk.architecture import Architecture
+from cntk.store.atomic import write_atomic
 
 
 def fingerprint(x: torch.Tensor, identity: dict | None = None) -> str:

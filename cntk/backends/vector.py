@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .layers import Chain, Network, chain, family_chain
+from cntk.backends.chain import Chain, chain, family_chain
+from cntk.layers import Network
 
 NAME = "vector"
 PRIORITY = 20
@@ -29,10 +30,10 @@ def prepare(x: torch.Tensor, net: Network | Chain, shapes=None) -> torch.Tensor:
     c = net if isinstance(net, Chain) else chain(net)
     var = _first((x * x).sum(1), c, x.shape[1])
     stds = []
-    for layer in range(1, c.n_relu_layers + 1):
+    for layer in range(1, c.n_act_layers + 1):
         var = var.clamp_min(0)
         stds.append(var.sqrt())
-        if layer < c.n_relu_layers:
+        if layer < c.n_act_layers:
             var = c.acts[layer - 1].self_k(var) * c.scale(layer) + c.b2[layer]
     return torch.stack(stds, 1)
 
@@ -44,7 +45,7 @@ def bytes_per_pair(shape, net: Network, itemsize: int) -> int:
 def tile(x1, s1, x2, s2, net: Network, shapes, kind: str, symmetric: bool, batch_size: int) -> torch.Tensor:
     """All pairs of two blocks of vectors x1 (n1, D), x2 (n2, D)."""
     c = chain(net)
-    n_layers = c.n_relu_layers
+    n_layers = c.n_act_layers
     sig = _first(x1 @ x2.T, c, x1.shape[1])
     exact = torch.eye(len(x1), dtype=torch.bool, device=x1.device) if symmetric else None
     theta = sig if c.trainable[0] else torch.zeros_like(sig)

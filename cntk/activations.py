@@ -1,0 +1,135 @@
+"""Activations with closed-form kernels, one class each, and the registry of their names.
+
+An activation phi gives, for a pair of centred Gaussians (u, v) with covariance
+[[s_x^2, c], [c, s_y^2]], the two expectations the kernel recursion needs:
+K = E[phi(u) phi(v)] and Kdot = E[phi'(u) phi'(v)] (``pair``), the self variance E[phi(u)^2]
+(``self_k``), and phi itself for the finite net (``finite``).  Where a variance is 0 the finite
+net's pre-activation is exactly 0 and phi'(0) is what torch computes there, never NaN.
+
+Adding an activation: subclass ``Activation`` here and add it to ``ACTIVATIONS``; the reference,
+planes and vector backends and the finite nets take it from here, and ``cntk.Architecture`` /
+the Hydra ``model.activation`` key accept its NAME.  Fused backends list the activations they
+compile (their ``supports``), so nothing is ever silently computed as another.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .arccos import relu_step
+from .errors import NetworkError
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise nonlinearity with closed-form kernels."""
+
+    NAME: ClassVar[str] = ""
+
+    def pair(self, cov: torch.Tensor, std_x: torch.Tensor, std_y: torch.Tensor, scale: float,
+             exact: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale E[phi(u) phi(v)], scale E[phi'(u) phi'(v)]) elementwise; arguments broadcast."""
+        raise NotImplementedError
+
+    def self_k(self, var: torch.Tensor) -> torch.Tensor:
+        """E[phi(u)^2] for u ~ N(0, var): the diagonal of the next nngp on a self pair."""
+        raise NotImplementedError
+
+    def finite(self, h: torch.Tensor) -> torch.Tensor:
+        """phi(h) in the finite net."""
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return self.NAME
+
+
+@dataclass(frozen=True)
+class ReLU(Activation):
+    """max(x, 0): the arc-cosine kernels of degree 1 and 0 (``cntk.arccos``); relu'(0) = 0."""
+
+    NAME: ClassVar[str] = "relu"
+
+    def pair(self, cov, std_x, std_y, scale, exact=None):
+        return relu_step(cov, std_x, std_y, scale, exact=exact)
+
+    def self_k(self, var):
+        return var * 0.5
+
+    def finite(self, h):
+        return torch.relu(h)
+
+
+@dataclass(frozen=True)
+class ABReLU(Activation):
+    """a min(x, 0) + b max(x, 0) (leaky ReLU: a = slope, b = 1) = (b - a) relu(x) + a x, so
+    E[phi phi] = (b - a)^2 E[relu relu] + a b cov and E[phi' phi'] = (b - a)^2 E[relu' relu'] + a b.
+    The finite net computes phi'(0) = a (torch.where(x > 0, b x, a x)): where one variance is 0,
+    E[phi' phi'] = a (a + b) / 2 (a^2 where both are), as that net gives."""
+
+    NAME: ClassVar[str] = "abrelu"
+    a: float = 0.0
+    b: float = 1.0
+
+    def pair(self, cov, std_x, std_y, scale, exact=None):
+        a, b = float(self.a), float(self.b)
+        k, kd = relu_step(cov, std_x, std_y, scale * (b - a) ** 2, exact=exact)
+        norm = std_x * std_y
+        pos = norm > 0
+        c = torch.minimum(torch.maximum(cov, -norm), norm)  # = rho * norm: the true cov, also on exact pairs
+        if exact is not None:
+            c = torch.where(exact, norm, c)
+        k = k + (scale * a * b) * c
+        one_zero = (std_x > 0) | (std_y > 0)
+        zero_kd = torch.where(one_zero, torch.full_like(norm, scale * a * (a + b) / 2), torch.full_like(norm, scale * a * a))
+        kd = torch.where(pos, kd + scale * a * b, zero_kd)
+        return k, kd
+
+    def self_k(self, var):
+        return var * ((self.a * self.a + self.b * self.b) * 0.5)
+
+    def finite(self, h):
+        return torch.where(h > 0, self.b * h, self.a * h)
+
+
+def LeakyReLU(slope: float = 0.01) -> ABReLU:  # noqa: N802 - a constructor, named like the layer
+    """max(x, 0) + slope min(x, 0): ABReLU(a=slope, b=1)."""
+    return ABReLU(a=slope, b=1.0)
+
+
+@dataclass(frozen=True)
+class Erf(Activation):
+    """erf(x): E[erf(u) erf(v)] = (2 / pi) asin(2 c / sqrt((1 + 2 s_x)(1 + 2 s_y))) and
+    E[erf'(u) erf'(v)] = (4 / pi) / sqrt((1 + 2 s_x)(1 + 2 s_y) - 4 c^2) (Williams 1997); no
+    singularity at zero variance (erf'(0) = 2 / sqrt(pi))."""
+
+    NAME: ClassVar[str] = "erf"
+
+    def pair(self, cov, std_x, std_y, scale, exact=None):
+        vx, vy = std_x * std_x, std_y * std_y
+        if exact is not None:
+            cov = torch.where(exact, std_x * std_y, cov)
+        d = torch.sqrt((1 + 2 * vx) * (1 + 2 * vy))
+        arg = (2 * cov / d).clamp(-1.0, 1.0)
+        k = torch.asin(arg) * (scale * 2 / math.pi)
+        kd = (scale * 4 / math.pi) / torch.sqrt(((1 + 2 * vx) * (1 + 2 * vy) - 4 * cov * cov).clamp_min(1e-300))
+        return k, kd
+
+    def self_k(self, var):
+        return torch.asin(2 * var / (1 + 2 * var)) * (2 / math.pi)
+
+    def finite(self, h):
+        return torch.erf(h)
+
+
+ACTIVATIONS: dict[str, type[Activation]] = {c.NAME: c for c in (ReLU, ABReLU, Erf)}
+
+
+def activation(name: str, **params: float) -> Activation:
+    """The activation called ``name`` ("relu", "abrelu" with a, b; "erf")."""
+    if name not in ACTIVATIONS:
+        raise NetworkError("activation", f"unknown activation {name!r}: use one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name](**params)
