@@ -15,6 +15,7 @@ Nothing is ever computed as another network.
 from __future__ import annotations
 
 import importlib
+import math
 from types import ModuleType
 from typing import Any
 
@@ -71,20 +72,52 @@ def backends_for(net: Any, device: str | torch.device = "cpu", *, auto: bool = F
     return [m.NAME for m in ok]
 
 
-def choose_backend(net: Any, device: str | torch.device, backend: str = "auto") -> ModuleType:
+class MemoryBudgetError(ValueError):
+    """One pair's working memory exceeds ``memory_mb``: refused before any work."""
+
+
+def pair_bytes(module: ModuleType, net: Network, input_shape: tuple[int, ...], itemsize: int) -> int:
+    """Working memory of one pair on backend ``module`` (0 when it does not say)."""
+    per_pair = getattr(module, "bytes_per_pair", None)
+    return int(per_pair(tuple(input_shape), net, itemsize)) if per_pair else 0
+
+
+def choose_backend(net: Any, device: str | torch.device, backend: str = "auto", *,
+                   input_shape: tuple[int, ...] | None = None, itemsize: int = 8,
+                   memory_mb: float | None = None) -> ModuleType:
     """The backend module that computes ``net`` on ``device``: the fastest that supports it
-    ("auto"), or the named one; a named one that cannot is a ValueError saying why."""
+    ("auto"), or the named one; a named one that cannot is a ValueError saying why.  With
+    ``input_shape`` and ``memory_mb``, a backend whose one pair needs more than ``memory_mb`` MiB is
+    skipped ("auto") or refused (named) with ``MemoryBudgetError``, naming what it needs and the
+    backends that fit."""
     net, dev = as_network(net), torch.device(device)
+    budget = None if memory_mb is None or input_shape is None else memory_mb * 2**20
+
+    def fits(m: ModuleType) -> bool:
+        return budget is None or pair_bytes(m, net, input_shape, itemsize) <= budget
+
     if backend == "auto":
-        return _load(backends_for(net, dev, auto=True)[0])  # reference supports everything
-    module = _load(backend)
-    if module is None:
-        why = f" ({_UNAVAILABLE[backend]})" if backend in _UNAVAILABLE else ""
-        raise ValueError(f"backend {backend!r} is not available{why}: use 'auto' or one of {available_backends()}")
-    reason = module.supports(net, dev)
-    if reason is not None:
-        raise ValueError(f"backend {backend!r} cannot compute this network on {dev}: {reason}; backends that can: "
-                         f"{backends_for(net, dev)}")
+        names = backends_for(net, dev, auto=True)  # reference supports everything
+        for name in names:
+            if fits(_load(name)):
+                return _load(name)
+        module = _load(names[0])
+    else:
+        module = _load(backend)
+        if module is None:
+            why = f" ({_UNAVAILABLE[backend]})" if backend in _UNAVAILABLE else ""
+            raise ValueError(f"backend {backend!r} is not available{why}: use 'auto' or one of {available_backends()}")
+        reason = module.supports(net, dev)
+        if reason is not None:
+            raise ValueError(f"backend {backend!r} cannot compute this network on {dev}: {reason}; backends that can: "
+                             f"{backends_for(net, dev)}")
+    if not fits(module):
+        need = pair_bytes(module, net, input_shape, itemsize) / 2**20
+        others = [n for n in backends_for(net, dev) if fits(_load(n))]
+        hint = (f"backend {others[0]!r} fits (backend='auto' picks it)" if others else
+                f"raise memory_mb to at least {math.ceil(need)} or use smaller images")
+        raise MemoryBudgetError(f"one pair of {tuple(input_shape)} inputs needs about {need:,.0f} MiB on backend "
+                                f"{module.NAME!r}, over memory_mb={memory_mb:g}: {hint}")
     return module
 
 
@@ -126,7 +159,8 @@ def kernel(
     from ``available_backends()``.  device: where to compute (default: x1's device); the result
     comes back on x1's device.  batch_size: pairs evaluated together; default chosen so that one
     step's working memory stays under ``memory_mb`` MiB, so memory is bounded by this setting,
-    never by N.  tile_size: images per tile side; a progress bar over tiles is shown when
+    never by N; a backend whose single pair would exceed it is skipped by "auto" and refused when
+    named (``MemoryBudgetError``, before any work).  tile_size: images per tile side; a progress bar over tiles is shown when
     ``progress`` is True, or by default when there is more than one tile.
     Returns an (N1, N2) tensor in x1's dtype.
     """
@@ -148,6 +182,9 @@ def kernel(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}")
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float)) or not math.isfinite(memory_mb) \
+            or memory_mb <= 0:
+        raise ValueError(f"memory_mb must be a finite number of MiB > 0, got {memory_mb!r}")
     try:
         shapes = net.shapes(tuple(x1.shape[1:]))
     except NetworkError as err:
@@ -155,13 +192,13 @@ def kernel(
 
     out_device = x1.device
     dev = torch.device(device) if device is not None else x1.device
-    impl = choose_backend(net, dev, backend)
+    impl = choose_backend(net, dev, backend, input_shape=tuple(x1.shape[1:]), itemsize=x1.element_size(),
+                          memory_mb=memory_mb)
     a = x1.to(dev)
     b = a if symmetric else x2.to(dev)
     if batch_size is None:
-        per_pair = getattr(impl, "bytes_per_pair", None)
-        batch_size = (max(1, int(memory_mb * 2**20 // per_pair(tuple(a.shape[1:]), net, a.element_size())))
-                      if per_pair else 1)
+        per_pair = pair_bytes(impl, net, tuple(a.shape[1:]), a.element_size())
+        batch_size = max(1, int(memory_mb * 2**20 // per_pair)) if per_pair else 1
 
     n1, n2 = len(a), len(b)
     out = torch.zeros(n1, n2, dtype=a.dtype, device=dev)
@@ -196,4 +233,4 @@ def _n_pairs(r: int, c: int, n1: int, n2: int, t: int, symmetric: bool) -> int:
     return h * (h + 1) // 2 if symmetric and r == c else h * w
 
 
-__all__ = ["kernel", "available_backends", "backends_for", "choose_backend", "register_backend", "KINDS"]
+__all__ = ["kernel", "available_backends", "backends_for", "choose_backend", "register_backend", "KINDS", "MemoryBudgetError"]

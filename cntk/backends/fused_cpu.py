@@ -52,7 +52,7 @@ import torch
 from numba import njit, types
 from numba.extending import overload
 
-from cntk.activations import ABReLU, ReLU
+from cntk.activations import ABReLU, Erf, ReLU
 from cntk.backends.chain import Chain, chain, family_chain
 from cntk.layers import Network
 
@@ -257,6 +257,28 @@ def _abrelu_row(sg, tr, se, xo, s2b, yo, n, c2, za, zb, kf, dk, dt, do):
 
 
 @njit(fastmath=_FM, cache=True)
+def _erf_row(sg, tr, se, xo, s2b, yo, n, c, kf, dk, dt, do):
+    """One row of the Erf step: K = c asin(rho) and Kdot = 2 c / sqrt((1 + 2 v_x)(1 + 2 v_y) - 4 cov^2)
+    with rho = 2 cov / sqrt((1 + 2 v_x)(1 + 2 v_y)), c = s 2 / pi; cov clamped to [-nx ny, nx ny] (a
+    self pair's +huge becomes its true variance).  |rho| < 1 always: no singularity, never NaN."""
+    one = _cst(sg, 1.0)
+    two = _cst(sg, 2.0)
+    half_pi = _cst(sg, 0.5 * math.pi)
+    for k in range(np.uint64(n)):
+        nx = se[xo + k]
+        ny = s2b[yo + k]
+        norm = nx * ny
+        cv = min(max(sg[k], -norm), norm)
+        inv = one / math.sqrt((one + two * nx * nx) * (one + two * ny * ny))
+        rho = min(max(two * cv * inv, -one), one)
+        pt, sn = _arc(rho)
+        kk = c * (pt - half_pi)
+        kd = two * c * inv / sn
+        dk[do + k] = kk
+        dt[do + k] = kd * tr[k] + kf * kk
+
+
+@njit(fastmath=_FM, cache=True)
 def _zero_border(buf, hh, ww, r):
     """Zero the border (r rows above and below, r columns left and right) of a block-layout plane."""
     zero = _cst(buf, 0.0)
@@ -278,7 +300,7 @@ def _zero_border(buf, hh, ww, r):
 
 
 @njit(fastmath=_FM, cache=True)
-def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, bufs, rows, tot):
+def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, bufs, rows, tot):
     """Add to tot[lane] the sum over the plane of offset (di, dj) of the last layer's Theta (ntk) or
     Sigma (nngp) of the pair (x1[a], x2[cb * B + lane]), for the B lanes of block cb at once.
 
@@ -288,6 +310,7 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, bufs, ro
     prm (7, L + 1) per layer: the ReLU-part constant s (b - a)^2 / (2 pi), the ABReLU constants c2,
     za, zb (0 for ReLU), whether the next weight layer is trained, the bias variance of weight layer
     ``layer``, and (column 0 of row 6) the first layer's scale and (row 6, column 1) whether it is trained.
+    act: 0 for the ReLU family (ReLU, ABReLU), 1 for Erf (row 0 is then s 2 / pi).
 
     Planes are in the block layout: row u, column v, lane l at (u * S + v) * B + l, S = ww + q - 1,
     interior shifted by q // 2 with a zero border.  Layer by layer, K and Kdot Theta + K of layer h
@@ -363,7 +386,10 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, bufs, ro
             # Theta^(0) = Sigma^(0), or 0 when the first layer is frozen (tr stays zero)
             theta = sg if (ntk and layer == 0 and t0 and not exact) else tr
             if last:
-                _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
+                if act == 1:
+                    _erf_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
+                else:
+                    _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, rk, rt, np.uint64(0))
                 fin = rt if ntk else rk
@@ -371,7 +397,10 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, bufs, ro
                     acc[k] += fin[k]
             else:
                 po = np.uint64(((u + r) * s_ + r) * _B)
-                _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
+                if act == 1:
+                    _erf_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
+                else:
+                    _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, pkb, ptb, po)
         pka, pkb = pkb, pka
@@ -403,7 +432,7 @@ def _spread(src, a, dst):
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, ntk, lo, hi, out):
+def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, ntk, act, lo, hi, out):
     """Work items lo..hi-1 (item = block * n_groups + group): out[blk, g, lane] = sum over the planes
     of group g of the pair (x1[ia[blk]], x2[icb[blk] * B + lane]).  Releases the GIL."""
     n_groups = gstart.shape[0] - 1
@@ -426,23 +455,29 @@ def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, 
         tot[:] = 0.0
         for k in range(gstart[g], gstart[g + 1]):
             _plane_block(
-                xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, bufs, rows, tot
+                xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, act, bufs, rows, tot
             )
         for lane in range(_B):
             out[blk, g, lane] = tot[lane]
 
 
 def supports(net: Network, device: torch.device) -> str | None:
-    """CPU; CNN chains whose activations are all one ReLU or one ABReLU."""
+    """CPU; CNN chains whose activations are all one ReLU, one ABReLU or Erf."""
     if torch.device(device).type != "cpu":
         return "it runs on the CPU only"
     reason = family_chain(net, "cnn")
     if reason is not None:
         return reason
     c = chain(net)
-    if len(set(c.acts)) != 1 or not isinstance(c.acts[0], (ReLU, ABReLU)):
-        return f"it compiles ReLU and ABReLU only, one for every layer (got {', '.join(sorted({a.name for a in c.acts}))})"
+    if len(set(c.acts)) != 1 or not isinstance(c.acts[0], (ReLU, ABReLU, Erf)):
+        return (f"it compiles ReLU, ABReLU and Erf, one for every layer (got "
+                f"{', '.join(sorted({a.name for a in c.acts}))})")
     return None
+
+
+def _act_code(c: Chain) -> int:
+    """The compiled activation: 0 the ReLU family, 1 Erf."""
+    return 1 if isinstance(c.acts[0], Erf) else 0
 
 
 def params(c: Chain, channels: int, dtype) -> np.ndarray:
@@ -453,7 +488,10 @@ def params(c: Chain, channels: int, dtype) -> np.ndarray:
     a, b = (float(act.a), float(act.b)) if isinstance(act, ABReLU) else (0.0, 1.0)
     for layer in range(n):
         s = c.scale(layer + 1)
-        prm[0, layer] = s * (b - a) ** 2 / (2.0 * math.pi) if (a, b) != (0.0, 1.0) else s / (2.0 * math.pi)
+        if isinstance(act, Erf):
+            prm[0, layer] = s * 2.0 / math.pi
+        else:
+            prm[0, layer] = s * (b - a) ** 2 / (2.0 * math.pi) if (a, b) != (0.0, 1.0) else s / (2.0 * math.pi)
         prm[1, layer] = s * a * b
         prm[2, layer] = s * a * (a + b) / 2
         prm[3, layer] = s * a * a
@@ -465,10 +503,11 @@ def params(c: Chain, channels: int, dtype) -> np.ndarray:
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _prepare_kernel(x, q, n_layers, coef, bias, s0, out):
+def _prepare_kernel(x, q, n_layers, coef, bias, s0, act, out):
     """out[n, h - 1] = sqrt(Sigma^(h-1)(x, x)[p, p]) (flat (N, L, H, W)), the closed form of
     ``planes.prepare``: on the self pair's zero plane rho = 1, so Sigma^(h) = box(coef[h - 1]
-    Sigma^(h-1)) + bias[h] there (coef: the next layer's scale times E[phi(u)^2] / var);
+    E[phi(u)^2] / var ... ) + bias[h] there: act 0 (ReLU family) coef = the next layer's scale times
+    E[phi(u)^2] / var; act 1 (Erf) coef = the next layer's scale, times (2 / pi) asin(2 v / (1 + 2 v));
     Sigma^(0) = s0 box(x . x) + bias[0].  x: flat (N, C, H, W); shape taken from out."""
     n_img, _, h, w = out.shape
     n_c = x.shape[0] // (n_img * h * w)
@@ -477,6 +516,9 @@ def _prepare_kernel(x, q, n_layers, coef, bias, s0, out):
     us = np.uint64(s_)
     uw = np.uint64(w)
     zero = _cst(x, 0.0)
+    one = _cst(x, 1.0)
+    two = _cst(x, 2.0)
+    two_pi = _cst(x, 2.0 / math.pi)
     pad = np.zeros((h + 2 * r) * s_, dtype=x.dtype)  # zero border of width r, row stride s_
     vsr = np.empty(s_, dtype=x.dtype)
     flat = out.reshape(-1)
@@ -518,7 +560,10 @@ def _prepare_kernel(x, q, n_layers, coef, bias, s0, out):
                 oo = base + np.uint64(i * w)
                 for j in range(uw):
                     var = max(flat[oo + j] * scl + b2, zero)
-                    pad[po + j] = var * cf
+                    if act == 1:
+                        pad[po + j] = cf * two_pi * math.asin(two * var / (one + two * var))
+                    else:
+                        pad[po + j] = var * cf
                     flat[oo + j] = math.sqrt(var)
 
 
@@ -531,11 +576,15 @@ def prepare(x: torch.Tensor, net: Network | Chain, shapes=None) -> torch.Tensor:
     out = np.empty((a.shape[0], n, a.shape[2], a.shape[3]), dtype=a.dtype)
     act = c.acts[0]
     half = (float(act.a) ** 2 + float(act.b) ** 2) / 2 if isinstance(act, ABReLU) else 0.5
-    coef = np.array([c.scale(layer + 1) * half if half != 0.5 else c.scale(layer + 1) / 2 for layer in range(n)],
-                    dtype=a.dtype)
+    if isinstance(act, Erf):
+        coef = np.array([c.scale(layer + 1) for layer in range(n)], dtype=a.dtype)
+    else:
+        coef = np.array([c.scale(layer + 1) * half if half != 0.5 else c.scale(layer + 1) / 2 for layer in range(n)],
+                        dtype=a.dtype)
     bias = np.array([c.b2[layer] for layer in range(n)], dtype=a.dtype)
     if out.size:
-        _prepare_kernel(a.reshape(-1), c.filter_size, n, coef, bias, a.dtype.type(c.scale(0, a.shape[1])), out)
+        _prepare_kernel(a.reshape(-1), c.filter_size, n, coef, bias, a.dtype.type(c.scale(0, a.shape[1])),
+                        _act_code(c), out)
     return torch.from_numpy(out)
 
 
@@ -606,7 +655,7 @@ def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str) -> np.ndar
     shape = (x1.shape[1], h, w, s1.shape[1])
     args = (
         x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), shape, ia, icb, exl, dis, djs, gstart,
-        c.filter_size, params(c, x1.shape[1], x1.dtype), kind == "ntk",
+        c.filter_size, params(c, x1.shape[1], x1.dtype), kind == "ntk", _act_code(c),
     )
     n_chunks = min(n_items, 4 * n_threads) if n_threads > 1 else 1
     cuts = [k * n_items // n_chunks for k in range(n_chunks + 1)]
