@@ -9,6 +9,7 @@ for the paper's networks (``Architecture``) and any network of the layer vocabul
 from . import layers
 from .api import KINDS, available_backends, backends_for, choose_backend, kernel, register_backend
 from .architecture import Architecture
+from .depths import kernels
 from .layers import Network
 from cntk.solve.regression import KernelRegression, accuracy, fit as kernel_regression, paper_targets
 
@@ -22,6 +23,7 @@ __all__ = [
     "backends_for",
     "choose_backend",
     "kernel",
+    "kernels",
     "kernel_regression",
     "layers",
     "paper_targets",

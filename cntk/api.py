@@ -136,6 +136,21 @@ def _check_input(name: str, x: object, net: Network) -> torch.Tensor:
     return x
 
 
+def check_inputs(x1: torch.Tensor, x2: torch.Tensor | None, net: Network) -> list:
+    """ValueError (one line) unless x1 (and x2) are inputs ``net`` takes; returns its layer shapes."""
+    _check_input("x1", x1, net)
+    if x2 is not None:
+        _check_input("x2", x2, net)
+        if x2.shape[1:] != x1.shape[1:]:
+            raise ValueError(f"x1 and x2 must agree in every dimension but N: {tuple(x1.shape)} vs {tuple(x2.shape)}")
+        if x2.dtype != x1.dtype:
+            raise ValueError(f"x1 and x2 must have the same dtype, got {x1.dtype} and {x2.dtype}")
+    try:
+        return net.shapes(tuple(x1.shape[1:]))
+    except NetworkError as err:
+        raise ValueError(str(err)) from None
+
+
 def kernel(
     x1: torch.Tensor,
     x2: torch.Tensor | None,
@@ -170,14 +185,8 @@ def kernel(
         raise ValueError(str(err)) from None
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}: use one of {KINDS}")
-    _check_input("x1", x1, net)
+    shapes = check_inputs(x1, x2, net)
     symmetric = x2 is None
-    if not symmetric:
-        _check_input("x2", x2, net)
-        if x2.shape[1:] != x1.shape[1:]:
-            raise ValueError(f"x1 and x2 must agree in every dimension but N: {tuple(x1.shape)} vs {tuple(x2.shape)}")
-        if x2.dtype != x1.dtype:
-            raise ValueError(f"x1 and x2 must have the same dtype, got {x1.dtype} and {x2.dtype}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if tile_size < 1:
@@ -185,13 +194,9 @@ def kernel(
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float)) or not math.isfinite(memory_mb) \
             or memory_mb <= 0:
         raise ValueError(f"memory_mb must be a finite number of MiB > 0, got {memory_mb!r}")
-    try:
-        shapes = net.shapes(tuple(x1.shape[1:]))
-    except NetworkError as err:
-        raise ValueError(str(err)) from None
 
-    out_device = x1.device
     dev = torch.device(device) if device is not None else x1.device
+    out_device = x1.device
     impl = choose_backend(net, dev, backend, input_shape=tuple(x1.shape[1:]), itemsize=x1.element_size(),
                           memory_mb=memory_mb)
     a = x1.to(dev)
@@ -200,32 +205,44 @@ def kernel(
         per_pair = pair_bytes(impl, net, tuple(a.shape[1:]), a.element_size())
         batch_size = max(1, int(memory_mb * 2**20 // per_pair)) if per_pair else 1
 
+    out = tiled(a, b, symmetric, tile_size, progress, f"{kind} {net.family}", a.dtype,
+                lambda xa: impl.prepare(xa, net, shapes),
+                lambda xa, sa, xb, sb, sym: impl.tile(xa, sa, xb, sb, net, shapes, kind, sym, batch_size)[..., None])
+    return out[..., 0].to(out_device)
+
+
+def tiled(a: torch.Tensor, b: torch.Tensor, symmetric: bool, tile_size: int, progress: bool | None, desc: str,
+          dtype: torch.dtype, prepare, tile) -> torch.Tensor:
+    """(N1, N2, R) from tiles of at most ``tile_size`` images a side: ``prepare(x) -> stats`` per
+    block, ``tile(xa, sa, xb, sb, symmetric) -> (n_a, n_b, R)``; only the upper triangle's tiles when
+    ``symmetric`` (mirrored); a progress bar over pairs; non-finite values are an error."""
     n1, n2 = len(a), len(b)
-    out = torch.zeros(n1, n2, dtype=a.dtype, device=dev)
+    out = None
     if n1 == 0 or n2 == 0:
-        return out.to(out_device)
+        return torch.zeros(n1, n2, 1, dtype=dtype, device=a.device)
     starts1 = range(0, n1, tile_size)
     tiles = [(r, c) for r in starts1 for c in range(r if symmetric else 0, n2, tile_size)]
     total = sum(_n_pairs(r, c, n1, n2, tile_size, symmetric) for r, c in tiles)
     show = progress if progress is not None else len(tiles) > 1
-    with torch.no_grad(), tqdm(total=total, disable=not show, unit="pair", desc=f"{kind} {net.family}") as bar:
+    with torch.no_grad(), tqdm(total=total, disable=not show, unit="pair", desc=desc) as bar:
         for r in starts1:
             xa = a[r : r + tile_size]
-            sa = impl.prepare(xa, net, shapes)
+            sa = prepare(xa)
             for c in (c for rr, c in tiles if rr == r):
                 xb = b[c : c + tile_size]
                 if symmetric and c == r:
-                    out[r : r + len(xa), c : c + len(xb)] = impl.tile(xa, sa, xa, sa, net, shapes, kind, True, batch_size)
+                    block = tile(xa, sa, xa, sa, True)
                 else:
-                    sb = impl.prepare(xb, net, shapes)  # O(n P L): negligible beside the tile's pairs
-                    block = impl.tile(xa, sa, xb, sb, net, shapes, kind, False, batch_size)
-                    out[r : r + len(xa), c : c + len(xb)] = block
-                    if symmetric:
-                        out[c : c + len(xb), r : r + len(xa)] = block.T
+                    block = tile(xa, sa, xb, prepare(xb), False)  # O(n P L): negligible beside the pairs
+                if out is None:
+                    out = torch.zeros(n1, n2, block.shape[-1], dtype=dtype, device=a.device)
+                out[r : r + len(xa), c : c + len(xb)] = block.to(dtype)
+                if symmetric and c != r:
+                    out[c : c + len(xb), r : r + len(xa)] = block.transpose(0, 1).to(dtype)
                 bar.update(_n_pairs(r, c, n1, n2, tile_size, symmetric))
     if not bool(torch.isfinite(out).all()):
         raise FloatingPointError("kernel produced non-finite values: inputs overflow this dtype; use float64 or rescale")
-    return out.to(out_device)
+    return out
 
 
 def _n_pairs(r: int, c: int, n1: int, n2: int, t: int, symmetric: bool) -> int:

@@ -300,9 +300,11 @@ def _zero_border(buf, hh, ww, r):
 
 
 @njit(fastmath=_FM, cache=True)
-def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, bufs, rows, tot):
-    """Add to tot[lane] the sum over the plane of offset (di, dj) of the last layer's Theta (ntk) or
+def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, keep, bufs, rows, lacc, tot):
+    """Add to tot[0, lane] the sum over the plane of offset (di, dj) of the last layer's Theta (ntk) or
     Sigma (nngp) of the pair (x1[a], x2[cb * B + lane]), for the B lanes of block cb at once.
+    Several readouts in one pass (tot of 2 L rows): for every layer h with keep[h], the plane sums of
+    K^(h) into tot[2 h] and of Kdot Theta + kf K into tot[2 h + 1] (lacc: their row accumulators).
 
     xe (C, H, W, B), se (L, H, W, B): x1[a] and its std maps, each value repeated B times (flat);
     x2b (NB, C, H, W, B), s2b (NB, L, H, W, B): lane-interleaved blocks of x2 and its std maps
@@ -347,6 +349,13 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, buf
     for k in range(un):
         acc[k] = zero
         tr[k] = zero
+    multi = tot.shape[0] > 1
+    if multi:
+        for layer in range(n_layers):
+            if keep[layer] != 0 or layer == n_layers - 1:
+                for k in range(un):
+                    lacc[2 * layer, k] = zero
+                    lacc[2 * layer + 1, k] = zero
     # a self pair's zero plane (lane exl): rho = 1 exactly, by a Sigma that clamps to it
     exact = exl >= 0 and di == 0 and dj == 0
     huge = _cst(xe, 1e30)
@@ -392,9 +401,12 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, buf
                     _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, rk, rt, np.uint64(0))
-                fin = rt if ntk else rk
-                for k in range(un):
-                    acc[k] += fin[k]
+                if multi:
+                    _add_row(lacc, 2 * layer, rk, rt, np.uint64(0), un, ntk)
+                else:
+                    fin = rt if ntk else rk
+                    for k in range(un):
+                        acc[k] += fin[k]
             else:
                 po = np.uint64(((u + r) * s_ + r) * _B)
                 if act == 1:
@@ -403,8 +415,16 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, buf
                     _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, pkb, ptb, po)
+                if multi and keep[layer] != 0:
+                    _add_row(lacc, 2 * layer, pkb, ptb, po, un, ntk)
         pka, pkb = pkb, pka
         pta, ptb = ptb, pta
+    if multi:
+        for layer in range(n_layers):
+            if keep[layer] != 0 or layer == n_layers - 1:
+                for j in range(2 * layer, 2 * layer + 2):
+                    _fold_into(lacc[j], ww, tot, j)
+        return
     # pairwise fold of the ww positions of acc, then into the lanes' float64 totals
     ub = np.uint64(_B)
     m = ww
@@ -416,7 +436,32 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, buf
             acc[k] += acc[k + off]
         m = keep
     for lane in range(ub):
-        tot[lane] += np.float64(acc[lane])
+        tot[0, lane] += np.float64(acc[lane])
+
+
+@njit(fastmath=_FM, cache=True, inline="always")
+def _add_row(lacc, j, dk, dt, do, un, ntk):
+    """lacc[j] += the row of K at dk[do:], lacc[j + 1] += the row of Kdot Theta + kf K at dt[do:]."""
+    for k in range(un):
+        lacc[j, k] += dk[do + k]
+    if ntk:
+        for k in range(un):
+            lacc[j + 1, k] += dt[do + k]
+
+
+@njit(fastmath=_FM, cache=True)
+def _fold_into(a, ww, tot, j):
+    """Pairwise fold of the ww positions of row a (ww * B), then into tot[j, lane] (float64)."""
+    m = ww
+    while m > 1:
+        half = m // 2
+        keep = m - half
+        off = np.uint64(keep * _B)
+        for k in range(np.uint64(half * _B)):
+            a[k] += a[k + off]
+        m = keep
+    for lane in range(np.uint64(_B)):
+        tot[j, lane] += np.float64(a[lane])
 
 
 @njit(fastmath=_FM, cache=True)
@@ -432,16 +477,19 @@ def _spread(src, a, dst):
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, ntk, act, lo, hi, out):
-    """Work items lo..hi-1 (item = block * n_groups + group): out[blk, g, lane] = sum over the planes
-    of group g of the pair (x1[ia[blk]], x2[icb[blk] * B + lane]).  Releases the GIL."""
+def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, ntk, act, keep, lo, hi, out):
+    """Work items lo..hi-1 (item = block * n_groups + group): out[blk, g, j, lane] = sum over the
+    planes of group g of the pair (x1[ia[blk]], x2[icb[blk] * B + lane]), readout j (``_plane_block``).
+    Releases the GIL."""
     n_groups = gstart.shape[0] - 1
     n_c, h, w, n_layers = shape
     size = (h + q - 1) * (w + q - 1) * _B
     row = (w + q - 1) * _B
+    n_out = out.shape[2]
     bufs = np.empty((4, size), dtype=x1.dtype)
     rows = np.empty((6, row), dtype=x1.dtype)
-    tot = np.empty(_B, dtype=np.float64)
+    lacc = np.empty((2 * n_layers if n_out > 1 else 1, row), dtype=x1.dtype)
+    tot = np.empty((n_out, _B), dtype=np.float64)
     xe = np.empty(n_c * h * w * _B, dtype=x1.dtype)
     se = np.empty(n_layers * h * w * _B, dtype=x1.dtype)
     current = -1
@@ -455,10 +503,12 @@ def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, 
         tot[:] = 0.0
         for k in range(gstart[g], gstart[g + 1]):
             _plane_block(
-                xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, act, bufs, rows, tot
+                xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, act, keep, bufs, rows,
+                lacc, tot
             )
-        for lane in range(_B):
-            out[blk, g, lane] = tot[lane]
+        for j in range(n_out):
+            for lane in range(_B):
+                out[blk, g, j, lane] = tot[j, lane]
 
 
 def supports(net: Network, device: torch.device) -> str | None:
@@ -636,8 +686,10 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return _POOL[2]
 
 
-def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str) -> np.ndarray:
+def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str, keep: np.ndarray | None = None) -> np.ndarray:
     """(n_blocks, B) float64 kernel values of the pairs (x1[ia[k]], x2[icb[k] * B + lane]); numpy in and out.
+    With ``keep`` (one flag per activation layer): (n_blocks, 2 L, B), the readout sums of every kept
+    layer and the last (``_plane_block``; GAP already divided by P^2, no readout bias).
 
     Work items (block, group of planes) are cut into a few chunks per thread and run by nogil
     compiled code on a thread pool (dynamic scheduling: a slow core does not hold the others)."""
@@ -649,13 +701,15 @@ def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str) -> np.ndar
     want = 1 if not gap else min(len(dis), max(1, -(-4 * n_threads // max(n_blocks, 1))))
     gstart = _groups(dis, djs, h, w, c.filter_size, want)
     n_items = n_blocks * (len(gstart) - 1)
-    out = np.zeros((n_blocks, len(gstart) - 1, _B), dtype=np.float64)
+    n_out = 1 if keep is None else 2 * c.n_act_layers
+    out = np.zeros((n_blocks, len(gstart) - 1, n_out, _B), dtype=np.float64)
     if n_items == 0:
-        return out.sum(1)
+        return out.sum(1)[:, 0] if keep is None else out.sum(1)
     shape = (x1.shape[1], h, w, s1.shape[1])
     args = (
         x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), shape, ia, icb, exl, dis, djs, gstart,
         c.filter_size, params(c, x1.shape[1], x1.dtype), kind == "ntk", _act_code(c),
+        np.zeros(c.n_act_layers, np.int64) if keep is None else keep.astype(np.int64),
     )
     n_chunks = min(n_items, 4 * n_threads) if n_threads > 1 else 1
     cuts = [k * n_items // n_chunks for k in range(n_chunks + 1)]
@@ -667,6 +721,9 @@ def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str) -> np.ndar
             job.result()
     vals = out.sum(1)
     vals = vals / float(h * w) ** 2 if gap else vals
+    if keep is not None:
+        return vals
+    vals = vals[:, 0]
     bias = c.b2[-1]  # the readout's bias
     return vals + bias if bias and (kind == "nngp" or c.trainable[-1]) else vals
 
@@ -680,6 +737,22 @@ def tile(x1, s1, x2, s2, net: Network, shapes, kind: str, symmetric: bool, batch
     (one x1 image against B consecutive x2 images, one SIMD lane each), about ``batch_size`` pairs
     (at least one block) per parallel call."""
     c = chain(net)
+    return _pairs(x1, s1, x2, s2, symmetric, batch_size,
+                  lambda *a: block_values(*a, c, kind)[:, None, :])[..., 0].to(x1.dtype)
+
+
+def tile_multi(x1, s1, x2, s2, net: Network, shapes, keep: np.ndarray, ntk: bool, symmetric: bool,
+               batch_size: int) -> torch.Tensor:
+    """(n1, n2, 2 L) float64: for every activation layer h with keep[h] (and the last), the readout
+    sums of K^(h) and of Kdot Theta + kf K (``_plane_block``) of every pair, in one pass."""
+    c = chain(net)
+    return _pairs(x1, s1, x2, s2, symmetric, batch_size,
+                  lambda *a: block_values(*a, c, "ntk" if ntk else "nngp", keep=keep))
+
+
+def _pairs(x1, s1, x2, s2, symmetric: bool, batch_size: int, values) -> torch.Tensor:
+    """(n1, n2, R) float64 from ``values(x1, s1, x2b, s2b, ia, icb, exl) -> (n_blocks, R, B)``, the
+    pairs laid out in lane blocks (upper triangle and mirror when symmetric)."""
     n1, n2 = len(x1), len(x2)
     a, sa = _np(x1), _np(s1)
     n_blocks = -(-n2 // _B)
@@ -692,16 +765,17 @@ def tile(x1, s1, x2, s2, net: Network, shapes, kind: str, symmetric: bool, batch
     else:
         ia, icb = (g.reshape(-1).astype(np.int64) for g in np.meshgrid(np.arange(n1), np.arange(n_blocks), indexing="ij"))
         exl = np.full(len(ia), -1, dtype=np.int64)
-    vals = np.empty((len(ia), _B), dtype=np.float64)
+    parts = []
     step = max(1, int(batch_size) // _B)
     for start in range(0, len(ia), step):
         sl = slice(start, start + step)
-        vals[sl] = block_values(a, sa, x2b, s2b, ia[sl], icb[sl], exl[sl], c, kind)
+        parts.append(values(a, sa, x2b, s2b, ia[sl], icb[sl], exl[sl]))
+    vals = np.moveaxis(np.concatenate(parts), 1, 2) if parts else np.zeros((0, _B, 1))
     cols = icb[:, None] * _B + np.arange(_B)
     rows = np.broadcast_to(ia[:, None], cols.shape)
     keep = (cols < n2) & (cols >= rows) if symmetric else cols < n2
-    out = np.zeros((n1, n2), dtype=np.float64)
+    out = np.zeros((n1, n2, vals.shape[2]), dtype=np.float64)
     out[rows[keep], cols[keep]] = vals[keep]
     if symmetric:
         out[cols[keep], rows[keep]] = vals[keep]
-    return torch.from_numpy(out).to(dtype=x1.dtype, device=x1.device)
+    return torch.from_numpy(out).to(device=x1.device)
