@@ -143,13 +143,13 @@ def floor_flops(spec) -> dict:
     from types import SimpleNamespace
 
     import cntk
-    from finite_nets import ntk
+    from finite_nets import ntk_plan
 
     readout, depth, width, n, c, side, _ = spec
     arch = cntk.Architecture(family="cnn", depth=depth, readout=readout)
     stand_in = SimpleNamespace(arch=arch, width=width, out_dim=1, readout=SimpleNamespace(requires_grad=True),
                                weights=[SimpleNamespace(requires_grad=True)] * (depth - 1))
-    plan = ntk._plan(stand_in, (c, side, side), n, n, True, False, "auto")
+    plan = ntk_plan._plan(stand_in, (c, side, side), n, n, True, False, "auto")
     p, q2, m = side * side, arch.filter_size**2, width
     chans = [c] + [m] * (depth - 2)
     fwd = sum(2 * n * ci * m * q2 * p for ci in chans)
@@ -268,15 +268,15 @@ def onednn_throughput(size: int = 4096, reps: int = 3) -> float:
     """GFLOP/s of the float32 GEMM that empirical_ntk uses on the CPU (oneDNN), for reference."""
     import torch
 
-    from finite_nets import ntk
+    from finite_nets import ntk_gemm
 
     a = torch.randn(size, size)
     b = torch.randn(size, size)
-    ntk._mm_nt(a, b)
+    ntk_gemm._mm_nt(a, b)
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        ntk._mm_nt(a, b)
+        ntk_gemm._mm_nt(a, b)
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best / 1e9
 

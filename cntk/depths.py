@@ -1,7 +1,9 @@
 """Every depth and both kernels of one network family in one pass.
 
+    >>> import torch, cntk
+    >>> x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
     >>> ks = cntk.kernels(x, None, cntk.Architecture(readout="gap"), depths=(3, 6, 11))
-    >>> ks[6, "nngp"]                                           # (N, N), as cntk.kernel(x, None, depth 6, "nngp")
+    >>> k6 = ks[6, "nngp"]                # (6, 6): cntk.kernel(x, None, Architecture(depth=6), "nngp")
 
 The paper's networks are prefixes of each other: the network of depth d has the first d - 1 weight
 layers and activations of the deepest one, then its readout (whose scale equals that of the next

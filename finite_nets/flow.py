@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from finite_nets.paper_net import FiniteNet
 from .ntk import empirical_ntk
 from .training import _check_x, _check_y, _predict
 
@@ -49,7 +48,7 @@ class FlowRun:
     converged: loss[-1] <= loss_tol * loss[0].  rejected: steps retried shorter.
     """
 
-    model: FiniteNet
+    model: torch.nn.Module
     times: list[float]
     loss: list[float]
     train_predictions: torch.Tensor
@@ -70,7 +69,7 @@ class FlowRun:
 
 
 def train_flow(
-    model: FiniteNet,
+    model: torch.nn.Module,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
     x_test: torch.Tensor | None = None,

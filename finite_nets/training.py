@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 import cntk
 
-from finite_nets.paper_net import FiniteNet
 from finite_nets.checks import positive_int
 from .ntk import empirical_ntk, largest_eigenvalue
 
@@ -40,7 +39,7 @@ class GDRun:
     f0_train (N, K), f0_test (M, K) or None: the function at init (uncentred).
     """
 
-    model: FiniteNet
+    model: torch.nn.Module
     lr: float
     lambda_max: float
     loss: torch.Tensor
@@ -55,7 +54,7 @@ class GDRun:
     centered: bool
 
 
-def _check_x(name: str, x: object, model: FiniteNet) -> torch.Tensor:
+def _check_x(name: str, x: object, model: torch.nn.Module) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     x = x.to(model.readout.device)
@@ -87,13 +86,13 @@ def _steps_list(name: str, values: Iterable[int] | None, steps: int, default: li
     return out
 
 
-def _predict(model: FiniteNet, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+def _predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
 def train_gd(
-    model: FiniteNet,
+    model: torch.nn.Module,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
     x_test: torch.Tensor | None = None,
@@ -240,15 +239,13 @@ def train_sgd(
     parameterisation a small output_scale (kappa ~ 0.1) speeds up learning a lot: the initial
     outputs, whose size is set by the NNGP kernel, no longer dominate the loss.  Shuffling uses a CPU
     torch.Generator seeded by ``seed``.  centered: train f - f0 (f0 the function at init).  model: a
-    ``FiniteNet`` or any module with ``out_dim``, ``readout`` and ``check_input`` (e.g.
-    ``finite_nets.standard.StandardNet``, which needs an explicit ``lr``).
+    ``FiniteNet`` or any module with ``out_dim``, ``readout`` and ``check_input`` (e.g. a ``LayerNet``;
+    one in the standard parameterisation needs an explicit ``lr``).
     Raises TrainingDiverged on a NaN / inf loss.  The model is copied first unless ``inplace``.
     """
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "out_dim") or not hasattr(model, "check_input"):
-        raise ValueError(f"model must be a finite_nets.FiniteNet, LayerNet or StandardNet, got {type(model).__name__}")
-    from .standard import StandardNet
-
-    if lr is None and isinstance(model, StandardNet):
+        raise ValueError(f"model must be a finite_nets.FiniteNet or LayerNet, got {type(model).__name__}")
+    if lr is None and getattr(model, "parameterisation", "ntk") != "ntk":
         raise ValueError("lr is needed for a net that is not NTK-parameterised (lr_fraction uses its NTK)")
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")

@@ -116,7 +116,7 @@ def test_float32_close_to_float64():
 def test_task_pool_matches_sequential_and_oracle(monkeypatch, contraction):
     """Several tasks at once (the CPU pool), tiny chunks: still the autograd oracle; the pool restores
     torch's thread count and repeats bit for bit (results are summed in task order)."""
-    from finite_nets import ntk
+    from finite_nets import ntk_structured
 
     net, shape = _net("cnn", "flatten", False, 2, 4)
     g = torch.Generator().manual_seed(1)
@@ -124,10 +124,14 @@ def test_task_pool_matches_sequential_and_oracle(monkeypatch, contraction):
     x2 = torch.randn(5, *shape, generator=g, dtype=torch.float64)
     ref = autograd_ntk(net, x1, x2)
     before = torch.get_num_threads()
-    monkeypatch.setattr(ntk, "_TASK_THREADS", 3)
+    monkeypatch.setattr(ntk_structured, "_TASK_THREADS", 3)
+    pools = []
+    run = ntk_structured._run
+    monkeypatch.setattr(ntk_structured, "_run", lambda tasks, threads: (pools.append(threads), run(tasks, threads))[1])
     kw = dict(outputs="full", contraction=contraction, memory_mb=0.05)
     cross = finite_nets.empirical_ntk(net, x1, x2, **kw)
     sym = finite_nets.empirical_ntk(net, x1, **kw)
+    assert pools and set(pools) == {3}  # the patch reached the driver
     assert torch.get_num_threads() == before
     assert float((cross - ref).abs().max() / ref.abs().max()) < 1e-13
     sym_ref = autograd_ntk(net, x1, x1)
@@ -137,13 +141,13 @@ def test_task_pool_matches_sequential_and_oracle(monkeypatch, contraction):
 
 def test_features_computed_once_when_they_fit(monkeypatch):
     """Per-sample work linear in N: every sample goes through one forward/backward pass unless memory forces blocks."""
-    from finite_nets import ntk
+    from finite_nets import ntk_structured
 
     net, shape = _net("cnn", "gap", False, 1, 4, width=8)
     x = torch.randn(12, *shape, dtype=torch.float64)
     seen = []
-    fill = ntk._fill
-    monkeypatch.setattr(ntk, "_fill", lambda model, plan, store, xc, i0: (seen.append(len(xc)), fill(model, plan, store, xc, i0)))
+    fill = ntk_structured._fill
+    monkeypatch.setattr(ntk_structured, "_fill", lambda model, plan, store, xc, i0: (seen.append(len(xc)), fill(model, plan, store, xc, i0)))
     finite_nets.empirical_ntk(net, x)
     assert sum(seen) == 12
     seen.clear()
@@ -155,11 +159,16 @@ def test_features_computed_once_when_they_fit(monkeypatch):
     assert torch.allclose(small, finite_nets.empirical_ntk(net, x), rtol=1e-13, atol=0)
 
 
-def test_default_memory_budget():
-    from finite_nets import ntk
+def test_default_memory_budget(monkeypatch):
+    from finite_nets import ntk_memory
 
-    mb = ntk.default_memory_mb("cpu")
+    mb = ntk_memory.default_memory_mb("cpu")
     assert 256 <= mb < 2**30
+    # a quarter of what is available, at least 256 MiB, 1024 MiB when unknown (the probe patched where it lives)
+    for avail, want in ((8 * 2**30, 2048.0), (2**20, 256.0), (None, 1024.0)):
+        monkeypatch.setattr(ntk_memory, "_available_bytes", lambda avail=avail: avail)
+        assert ntk_memory.default_memory_mb("cpu") == want
+    monkeypatch.undo()
     net, shape = _net("cnn", "gap", False, 1, 3)
     x = torch.randn(3, *shape, dtype=torch.float64)
     assert torch.equal(finite_nets.empirical_ntk(net, x), finite_nets.empirical_ntk(net, x, memory_mb=None))
@@ -168,7 +177,7 @@ def test_default_memory_budget():
 @pytest.mark.parametrize("contraction", ["gram", "jacobian"])
 def test_float32_accumulation_close_to_float64(monkeypatch, contraction):
     """float32 (oneDNN GEMMs on the CPU, or torch.mm) within 1e-5 of float64 on a 16x16 net with both readouts."""
-    from finite_nets import ntk
+    from finite_nets import ntk_gemm
 
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     for readout in ("gap", "flatten"):
@@ -178,17 +187,18 @@ def test_float32_accumulation_close_to_float64(monkeypatch, contraction):
         t64 = finite_nets.empirical_ntk(n64, x, contraction=contraction)
         t32 = finite_nets.empirical_ntk(n32, x.float(), contraction=contraction)
         assert float((t32.double() - t64).abs().max() / t64.abs().max()) < 1e-5
-        monkeypatch.setattr(ntk, "_ONEDNN_GEMM", False)  # the torch.mm fallback
+        monkeypatch.setattr(ntk_gemm, "_ONEDNN_GEMM", False)  # the torch.mm fallback
+        assert not ntk_gemm._onednn(x.float())
         plain = finite_nets.empirical_ntk(n32, x.float(), contraction=contraction)
-        monkeypatch.setattr(ntk, "_ONEDNN_GEMM", None)
+        monkeypatch.setattr(ntk_gemm, "_ONEDNN_GEMM", None)
         assert float((plain.double() - t64).abs().max() / t64.abs().max()) < 1e-5
 
 
 def test_cuda_calls_run_in_ieee_fp32():
     """On CUDA the call switches TF32 off (cuBLAS and cuDNN) and restores the user's flags afterwards."""
-    from finite_nets import ntk
+    from finite_nets import ntk_gemm
 
     before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
-    with ntk._ieee_fp32(torch.device("cuda")):
+    with ntk_gemm._ieee_fp32(torch.device("cuda")):
         assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee", "ieee")
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
