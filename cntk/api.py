@@ -64,12 +64,27 @@ def register_backend(module: ModuleType) -> None:
 def backends_for(net: Any, device: str | torch.device = "cpu", *, auto: bool = False) -> list[str]:
     """The backends that compute ``net`` on ``device``, fastest first (``auto``: only those that
     "auto" may pick there, e.g. not Triton's CPU interpreter)."""
-    net, dev = as_network(net), torch.device(device)
+    net, dev = as_network(net), as_device(device)
     mods = [m for m in (_load(n) for n in available_backends()) if m is not None]
     ok = [m for m in sorted(mods, key=lambda m: -m.PRIORITY) if m.supports(net, dev) is None]
     if auto:
         ok = [m for m in ok if dev.type in getattr(m, "AUTO_DEVICES", (dev.type,))]
     return [m.NAME for m in ok]
+
+
+def as_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or ValueError (one line) for a name torch does not know or a
+    device type this torch build cannot use (e.g. "cuda" on a CPU-only build)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not available: this torch ({torch.__version__}) sees no CUDA device; "
+                         "use device='cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
 
 
 class MemoryBudgetError(ValueError):
@@ -90,7 +105,7 @@ def choose_backend(net: Any, device: str | torch.device, backend: str = "auto", 
     ``input_shape`` and ``memory_mb``, a backend whose one pair needs more than ``memory_mb`` MiB is
     skipped ("auto") or refused (named) with ``MemoryBudgetError``, naming what it needs and the
     backends that fit."""
-    net, dev = as_network(net), torch.device(device)
+    net, dev = as_network(net), as_device(device)
     budget = None if memory_mb is None or input_shape is None else memory_mb * 2**20
 
     def fits(m: ModuleType) -> bool:
@@ -195,7 +210,7 @@ def kernel(
             or memory_mb <= 0:
         raise ValueError(f"memory_mb must be a finite number of MiB > 0, got {memory_mb!r}")
 
-    dev = torch.device(device) if device is not None else x1.device
+    dev = as_device(device) if device is not None else x1.device
     out_device = x1.device
     impl = choose_backend(net, dev, backend, input_shape=tuple(x1.shape[1:]), itemsize=x1.element_size(),
                           memory_mb=memory_mb)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cntk.api import KINDS, check_inputs, choose_backend, kernel, tiled
+from cntk.api import KINDS, as_device, check_inputs, choose_backend, kernel, tiled
 from cntk.architecture import Architecture
 from cntk.backends.chain import Chain, chain
 from cntk.layers import Network, as_network
@@ -99,7 +99,7 @@ def kernels(
     net = nets[deepest]
     shapes = check_inputs(x1, x2, net)
     common = dict(backend=backend, device=device, memory_mb=memory_mb, tile_size=tile_size, progress=progress)
-    dev = torch.device(device) if device is not None else x1.device
+    dev = as_device(device) if device is not None else x1.device
     impl = choose_backend(net, dev, backend, input_shape=tuple(x1.shape[1:]), itemsize=x1.element_size(),
                           memory_mb=memory_mb)
     layers = prefix_layers(nets)

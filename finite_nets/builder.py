@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch
 
 from cntk import Architecture
+from cntk.api import as_device
 from cntk.layers import Network
 
 from .checks import default_device
@@ -41,6 +42,7 @@ def build(
         multipliers, none in the forward pass: the CNN of practice; always a ``LayerNet``).
     Its empirical NTK tends to kappa^2 cntk.kernel(x, x', arch, "ntk") as width grows.
     """
+    device = as_device(device) if device is not None else default_device()
     if (parameterisation == "ntk" and isinstance(arch, Architecture) and arch.family in ("cnn", "fc")
             and arch.activation == "relu" and not arch.bias_var):
         return FiniteNet(arch, width, input_shape=input_shape, out_dim=out_dim, output_scale=output_scale, seed=seed,
@@ -49,4 +51,4 @@ def build(
     if not isinstance(net, Network):
         raise ValueError(f"arch must be a cntk.Architecture or cntk.Network, got {type(arch).__name__}")
     return LayerNet(net, width, input_shape=input_shape, out_dim=out_dim, output_scale=output_scale, seed=seed,
-                    dtype=dtype, device=device or default_device(), parameterisation=parameterisation)
+                    dtype=dtype, device=device, parameterisation=parameterisation)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cntk import Architecture
+from cntk.api import as_device
 
 from .checks import check_dtype_device, default_device, positive_int
 
@@ -88,7 +89,7 @@ class FiniteNet(nn.Module):
         # scale of every layer's input after the first, and of the readout's input
         self.hidden_scale = math.sqrt(arch.act_scale / m)  # sqrt(c/(q^2 m)) for cnn, sqrt(c/m) for fc
         gen = torch.Generator().manual_seed(seed)
-        dev = torch.device(device) if device is not None else default_device()
+        dev = as_device(device) if device is not None else default_device()
 
         def normal(*s: int) -> nn.Parameter:
             # drawn in float32 on the CPU (3x faster than float64 at large widths), then cast: a seed

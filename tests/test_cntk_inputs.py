@@ -39,3 +39,19 @@ def test_bad_input_raises_value_error(call, match):
 
 def test_empty_batch_gives_empty_matrix():
     assert cntk.kernel(torch.rand(0, 1, 4, 4), torch.rand(3, 1, 4, 4), CNN).shape == (0, 3)
+
+
+@pytest.mark.parametrize("device, match", [("tpu", "unknown device 'tpu'"), (3.5, "unknown device 3.5")])
+def test_an_unknown_device_is_one_line(device, match):
+    with pytest.raises(ValueError, match=match):
+        cntk.kernel(torch.rand(2, 1, 6, 6), None, cntk.Architecture(), device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line():
+    import finite_nets
+
+    with pytest.raises(ValueError, match="sees no CUDA device; use device='cpu'"):
+        cntk.kernel(torch.rand(2, 1, 6, 6), None, cntk.Architecture(), device="cuda")
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        finite_nets.build(cntk.Architecture(), 8, input_shape=(1, 6, 6), device="cuda")
