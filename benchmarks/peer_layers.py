@@ -30,6 +30,19 @@ NETWORKS = {  # name: (input, layers); layer: [type, params]
     "fc-erf-bias": ("vector", [["dense", None, 0.1], ["erf"], ["dense", 2.0, 0.1], ["erf"], ["dense", 2.0, 0.1]]),
     "fc-abrelu": ("vector", [["dense", None, None], ["abrelu", -0.3, 1.5], ["dense", 2.0, None], ["abrelu", -0.3, 1.5],
                              ["dense", 2.0, None]]),
+    # pre-activation residual blocks: ["block", w_var of the branch's last conv]
+    "resnet-1-gap": ("image", [["conv", None, None], ["block", 2.0], ["relu"], ["gap"], ["dense", 2 / 9, None]]),
+    "resnet-2-flatten": ("image", [["conv", None, 0.1], ["block", 1.0], ["block", 1.0], ["relu"], ["flatten"],
+                                   ["dense", 2 / 9, None]]),
+    "resnet-2-gap": ("image", [["conv", None, None], ["block", 1.0], ["block", 1.0], ["relu"], ["gap"],
+                               ["dense", 2 / 9, None]]),
+    "layernorm-relu-gap": ("image", [["conv", None, None], ["layernorm"], ["relu"], ["conv", 2.0, 0.1], ["layernorm"],
+                                     ["relu"], ["gap"], ["dense", 2 / 9, None]]),
+    "gelu-bias-gap": ("image", [["conv", None, 0.2], ["gelu"], ["conv", 2.0, 0.2], ["gelu"], ["gap"], ["dense", 2 / 9, 0.2]]),
+    "sin-flatten": ("image", [["conv", None, None], ["sin", 1.0, 1.0, 0.0], ["conv", 2.0, None], ["sin", 1.2, 0.8, 0.3],
+                              ["flatten"], ["dense", 2 / 9, None]]),
+    "layernorm-gelu-sin-flatten": ("image", [["conv", None, None], ["layernorm"], ["gelu"], ["conv", 2.0, None],
+                                             ["layernorm"], ["sin", 1.0, 1.0, 0.0], ["flatten"], ["dense", 2 / 9, None]]),
 }
 
 
@@ -54,8 +67,21 @@ def peer() -> dict:
         if kind == "image":
             x1, x2 = x1.transpose(0, 2, 3, 1), x2.transpose(0, 2, 3, 1)
         layers, c, p, flat = [], CHANNELS if kind == "image" else x1.shape[1], SIZE * SIZE, False
+
+        def conv(w_var, b_var=None):  # a conv after the first layer (fan_in normalised away)
+            return stax.Conv(1, (3, 3), padding="SAME", W_std=math.sqrt(w_var), b_std=None if b_var is None else math.sqrt(b_var))
+
         for t, *a in spec:
-            if t in ("conv", "dense"):
+            if t == "block":  # neural-tangents' WideResnetBlock, no channel change, last conv w_var a[0]
+                main = stax.serial(stax.Relu(), conv(2.0), stax.Relu(), conv(a[0]))
+                layers.append(stax.serial(stax.FanOut(2), stax.parallel(main, stax.Identity()), stax.FanInSum()))
+            elif t == "layernorm":
+                layers.append(stax.LayerNorm(axis=3 if kind == "image" else 1))
+            elif t == "gelu":
+                layers.append(stax.Gelu(approximate=False))
+            elif t == "sin":
+                layers.append(stax.Sin(a=a[0], b=a[1], c=a[2]))
+            elif t in ("conv", "dense"):
                 w_var, b_var = a
                 fan = (9 * c if t == "conv" else c)
                 w_std = math.sqrt(fan) if w_var is None else math.sqrt(w_var * (p if t == "dense" and flat else 1))
@@ -87,7 +113,7 @@ def ours() -> dict:
     import torch
 
     import cntk
-    from cntk import activations as A, layers as L
+    from cntk import activations as A, graph as G, layers as L
 
     out = {}
     for name, (kind, spec) in NETWORKS.items():
@@ -110,6 +136,15 @@ def ours() -> dict:
                 layers.append(L.GlobalAvgPool())
             elif t == "flatten":
                 layers.append(L.Flatten())
+            elif t == "block":
+                branch = [L.Act(A.ReLU()), L.Conv(3, w_var=2.0), L.Act(A.ReLU()), L.Conv(3, w_var=a[0])]
+                layers += [G.FanOut(2), G.Parallel(branch, [G.Identity()]), G.FanInSum()]
+            elif t == "layernorm":
+                layers.append(G.LayerNorm())
+            elif t == "gelu":
+                layers.append(L.Act(A.Gelu()))
+            elif t == "sin":
+                layers.append(L.Act(A.Sin(a=a[0], b=a[1], c=a[2])))
         net = L.Network(tuple(layers), name)
         out[name] = {k: cntk.kernel(x1, x2, net, k).tolist() for k in ("nngp", "ntk")}
     return out

@@ -1,6 +1,7 @@
-"""Exact infinite-width kernels (CNTK-V, CNTK-GAP, fully-connected NTK; NTK and NNGP) in PyTorch,
-for the paper's networks (``Architecture``) and any network of the layer vocabulary
-(``cntk.layers``: Conv, Dense, ReLU / ABReLU / Erf, AvgPool, GlobalAvgPool, Flatten).
+"""Exact infinite-width kernels (NTK and NNGP) in PyTorch: the paper's CNTK-V and CNTK-GAP
+(``Architecture``), and any network of the layer vocabulary (``cntk.layers``: Conv, Dense, Act with
+the activations of ``cntk.activations``, AvgPool, GlobalAvgPool, Flatten, LayerNorm and the graph
+layers FanOut, Parallel, FanInSum, Identity; presets in ``cntk.presets``).
 
     >>> import torch, cntk
     >>> arch = cntk.Architecture(family="cnn", depth=4, readout="gap")
@@ -10,7 +11,7 @@ from . import layers
 from .api import KINDS, available_backends, backends_for, choose_backend, kernel, register_backend
 from .architecture import Architecture
 from .depths import kernels
-from .layers import Network
+from .network import Network
 from cntk.solve.regression import KernelRegression, accuracy, fit as kernel_regression, paper_targets
 
 __all__ = [

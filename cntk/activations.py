@@ -125,11 +125,68 @@ class Erf(Activation):
         return torch.erf(h)
 
 
-ACTIVATIONS: dict[str, type[Activation]] = {c.NAME: c for c in (ReLU, ABReLU, Erf)}
+@dataclass(frozen=True)
+class Gelu(Activation):
+    """x Phi(x) (exact erf form; neural-tangents' ``stax.Gelu(approximate=False)``).  With
+    d^2 = (1 + s_x^2)(1 + s_y^2) - c^2 (>= 1: no singularity at zero variance) and A = atan2(c, d):
+    E[phi phi] = c / 4 + (c A + (c^2 + s_x^2 s_y^2 d^2) / ((1 + s_x^2)(1 + s_y^2) d)) / (2 pi) and
+    E[phi' phi'] = 1 / 4 + A / (2 pi) + c (1 / d^2 + (1 - s_x^2 s_y^2) / ((1 + s_x^2)(1 + s_y^2)) + 1) / (2 pi d)."""
+
+    NAME: ClassVar[str] = "gelu"
+
+    def pair(self, cov, std_x, std_y, scale, exact=None):
+        vx, vy = std_x * std_x, std_y * std_y
+        if exact is not None:
+            cov = torch.where(exact, std_x * std_y, cov)
+        prod, prod1 = vx * vy, (vx + 1) * (vy + 1)
+        d2 = prod1 - cov * cov
+        d = torch.sqrt(d2)
+        ang = torch.atan2(cov, d)
+        k = ((cov * cov + prod * d2) / (prod1 * d) + cov * ang) / (2 * math.pi) + 0.25 * cov
+        kd = (1 / d2 + (1 - prod) / prod1 + 1) * cov / d / (2 * math.pi) + 0.25 + ang / (2 * math.pi)
+        return k * scale, kd * scale
+
+    def self_k(self, var):
+        r = torch.sqrt(1 + 2 * var)
+        return var * ((var / ((var + 1) * r) + torch.atan2(var, r) / 2) / math.pi + 0.25)
+
+    def finite(self, h):
+        return torch.nn.functional.gelu(h)
+
+
+@dataclass(frozen=True)
+class Sin(Activation):
+    """a sin(b x + c) (neural-tangents' ``stax.Sin``): with S = (s_x^2 + s_y^2) / 2,
+    E[phi phi] = a^2 / 2 (e^{b^2 (c_xy - S)} - e^{-b^2 (c_xy + S)} cos 2c),
+    E[phi' phi'] = a^2 b^2 / 2 (e^{b^2 (c_xy - S)} + e^{-b^2 (c_xy + S)} cos 2c); smooth at zero variance."""
+
+    NAME: ClassVar[str] = "sin"
+    a: float = 1.0
+    b: float = 1.0
+    c: float = 0.0
+
+    def pair(self, cov, std_x, std_y, scale, exact=None):
+        a, b, c = float(self.a), float(self.b), float(self.c)
+        if exact is not None:
+            cov = torch.where(exact, std_x * std_y, cov)
+        half = 0.5 * (std_x * std_x + std_y * std_y)
+        s1 = torch.exp(b * b * (cov - half))
+        s2 = torch.exp(-b * b * (cov + half)) * math.cos(2 * c)
+        return (scale * a * a / 2) * (s1 - s2), (scale * a * a * b * b / 2) * (s1 + s2)
+
+    def self_k(self, var):
+        a, b, c = float(self.a), float(self.b), float(self.c)
+        return (a * a / 2) * (1 - torch.exp(-2 * b * b * var) * math.cos(2 * c))
+
+    def finite(self, h):
+        return self.a * torch.sin(self.b * h + self.c)
+
+
+ACTIVATIONS: dict[str, type[Activation]] = {c.NAME: c for c in (ReLU, ABReLU, Erf, Gelu, Sin)}
 
 
 def activation(name: str, **params: float) -> Activation:
-    """The activation called ``name`` ("relu", "abrelu" with a, b; "erf")."""
+    """The activation called ``name`` ("relu", "abrelu" with a, b; "erf"; "gelu"; "sin" with a, b, c)."""
     if name not in ACTIVATIONS:
         raise NetworkError("activation", f"unknown activation {name!r}: use one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name](**params)

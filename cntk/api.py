@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cntk.backends import planes, reference, vector
-from cntk.layers import Network, as_network
+from cntk.network import Network, as_network
 from cntk.errors import NetworkError
 
 KINDS = ("ntk", "nngp")

@@ -25,7 +25,7 @@ import torch
 from cntk.api import KINDS, as_device, check_inputs, choose_backend, kernel, tiled
 from cntk.architecture import Architecture
 from cntk.backends.chain import Chain, chain
-from cntk.layers import Network, as_network
+from cntk.network import Network, as_network
 
 
 def network_at(arch: Architecture | Callable[[int], Any], depth: int) -> Network:

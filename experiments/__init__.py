@@ -7,6 +7,11 @@
     plot(doc, out_dir)             -> (figure paths, summary rows), from a results document alone
     smoke(tmp)                     -> the runs (lists of overrides) of its smallest end-to-end test
 
+and may define
+
+    interrupt_note(configs)        -> what an interrupted sweep of its jobs (their configs, as dicts)
+                                      kept, in one line (e.g. gram: the tiles on disk)
+
 Adding an experiment: write experiments/NAME.py and conf/experiment/NAME.yaml (its defaults list
 starts with ``/schema_experiment_NAME@experiment``) and a test; nothing else is listed anywhere.
 """

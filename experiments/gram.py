@@ -8,6 +8,7 @@ experiments/harness/data.py), so any threads=, launcher or job count computes, r
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import dataclass
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cntk.architecture import Architecture
 from cntk.store.atomic import write_atomic
 from cntk.store.tiles import TileStore
 
-from experiments.harness.common import model_inputs
 from experiments.harness.config import Config as RunConfig, ConfigError, ExperimentConfig, check
 from experiments.harness.data import Dataset
 
@@ -33,7 +34,7 @@ class StoreConfig(ExperimentConfig):
     AXES: ClassVar[dict[str, str]] = {"model.readout": "readout", "model.depth": "depth", "experiment.kind": "kind"}
     REFUSED: ClassVar[dict[str, str]] = {"model.width": "the exact kernel has no width (it is the infinite-width "
                                                         "limit): remove model.width"}
-    store: str | None = None  # default: stores/DATA-READOUT-dDEPTH[-fix][-qQ][-ACT][-biasB]-NTRAINxNTEST-KIND-DTYPE[-seedS]
+    store: str | None = None  # default: stores/DATA-SLUG-NTRAINxNTEST-KIND-DTYPE[-seedS], SLUG: Architecture.slug
     kind: str = "ntk"
 
     def __post_init__(self) -> None:
@@ -60,22 +61,22 @@ class Config(StoreConfig):
 
 
 def store_path(cfg: RunConfig | dict[str, Any]) -> Path:
-    """experiment.store, or the default name made of everything that identifies the matrix."""
+    """experiment.store, or the default name made of everything that identifies the matrix: the data,
+    the architecture (``Architecture.slug``), the sizes, the kernel and the dtype."""
     get = (lambda k: _dig(cfg, k)) if isinstance(cfg, dict) else (lambda k: _attr(cfg, k))
     if get("experiment.store"):
         return Path(get("experiment.store"))
-    family, readout = get("model.family"), get("model.readout")
-    name = [get("data.name"), {"cnn": readout}.get(family, family), f"d{get('model.depth')}"]
-    name += ["fix"] * bool(get("model.fix_first_last"))
-    name += [f"q{get('model.filter_size')}"] * (family != "fc" and get("model.filter_size") != 3)
-    act = get("model.activation") or "relu"
-    if act == "abrelu":
-        act = f"abrelu{get('model.abrelu_a'):g}_{get('model.abrelu_b'):g}"
-    name += [act] * (act != "relu")
-    name += [f"bias{get('model.bias_var'):g}"] * bool(get("model.bias_var"))
-    name += [f"{get('data.n_train')}x{get('data.n_test')}", get("experiment.kind"), get("dtype")]
+    name = [get("data.name"), _architecture(cfg).slug, f"{get('data.n_train')}x{get('data.n_test')}",
+            get("experiment.kind"), get("dtype")]
     name += [f"seed{get('data.seed')}"] * bool(get("data.seed"))
     return Path("stores") / "-".join(str(p) for p in name)
+
+
+def _architecture(cfg: RunConfig | dict[str, Any]) -> Architecture:
+    if not isinstance(cfg, dict):
+        return cfg.model.architecture()
+    model = cfg.get("model") or {}
+    return Architecture(**{f.name: model[f.name] for f in dataclasses.fields(Architecture) if f.name in model})
 
 
 def _attr(obj: Any, key: str) -> Any:
@@ -93,8 +94,8 @@ def _dig(doc: dict, key: str) -> Any:
 def open_stores(cfg: RunConfig, data: Dataset, dtype: torch.dtype):
     """(train store, test x train store or None, train inputs, test inputs) for this config."""
     arch = cfg.model.architecture()
-    xtr = model_inputs(data.x_train.to(dtype), arch)
-    xte = model_inputs(data.x_test.to(dtype), arch)
+    xtr = arch.inputs(data.x_train.to(dtype))
+    xte = arch.inputs(data.x_test.to(dtype))
     root = store_path(cfg)
     ids = data.identity("train"), data.identity("test")
     try:
@@ -117,6 +118,12 @@ def tiles_done(root: str | Path) -> int:
     root = Path(root)
     return sum(len(TileStore.load(p).status()["done"]) for p in (root / "train", root / "test_train")
                if (p / "meta.json").exists())
+
+
+def interrupt_note(configs: list[dict[str, Any]]) -> str:
+    """What an interrupted sweep of gram jobs (their configs) kept: the tiles of their stores."""
+    stores = {str(store_path(c)) for c in configs}
+    return f"{sum(tiles_done(s) for s in stores)} tiles kept, rerun the same command to resume"
 
 
 def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:

@@ -1,15 +1,16 @@
-"""RQ3 at this machine's scale: exact CNTK-V / CNTK-GAP kernel regression against finite CNN-V /
-CNN-GAP of increasing width, each trained well.
+"""RQ3 at this machine's scale: exact kernel regression (CNTK-V / CNTK-GAP, or any model= the kernel
+computes) against finite nets of increasing width, each trained well.
 
-Two families of finite nets of the same architecture (bias-free q x q SAME convolutions, ReLU, GAP
-or flatten):
-  - ``ntk``: the kernel's own twin (NTK parameterisation, finite_nets.build), MSE to the paper's
-    0.9 / -0.1 targets, minibatch SGD with momentum, by one of two routes to the kernel's setting:
-    centred (f - f0, kappa = 1) or a small output scale kappa (uncentred); lr = fraction x B /
-    lambda_max of the batch NTK;
-  - ``standard``: the CNN of practice (standard parameterisation, Kaiming init,
-    finite_nets.standard), cross-entropy, SGD with momentum, an absolute learning rate.
-Every hyperparameter (route / kappa, learning rate, number of epochs) is chosen per family,
+Finite nets of exactly the kernel's layers (``finite_nets.build``: the model's activation, biases,
+pooling), in two parameterisations:
+  - ``ntk``: the kernel's own twin (NTK parameterisation), MSE to the paper's 0.9 / -0.1 targets,
+    minibatch SGD with momentum, by one of two routes to the kernel's setting: centred (f - f0,
+    kappa = 1) or a small output scale kappa (uncentred); lr = fraction x B / lambda_max of the
+    batch NTK;
+  - ``standard``: the net of practice (standard parameterisation: the same initial function, the
+    layers' multipliers folded into the initial weights), cross-entropy, SGD with momentum, an
+    absolute learning rate.
+Every hyperparameter (route / kappa, learning rate, number of epochs) is chosen per parameterisation,
 architecture and width on ``data.n_val`` validation images carved from the training pool (never on
 the test set): one run per grid point (seed 0) for ``epochs`` epochs, the best validation accuracy
 over the grid and the epochs decides (ties go to the later epoch: the more fully trained net); then
@@ -21,6 +22,7 @@ each model classifies correctly, for bootstrap intervals and paired (McNemar) te
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +33,15 @@ import torch
 
 import cntk
 import finite_nets
-from finite_nets.standard import build_standard
+from cntk.errors import NetworkError
 
 from experiments.harness import stats, sweep
-from experiments.harness.common import common, model_inputs, net_name, save_figure, style
-from experiments.harness.config import Config as RunConfig, ConfigError, GridExperiment, check
+from experiments.harness.common import common, row_name, save_figure, style
+from experiments.harness.config import Config as RunConfig, ConfigError, GridExperiment, ModelConfig, check
 from experiments.harness.data import Dataset
 from experiments.harness.results import write_atomic
 
-FAMILIES = ("ntk", "standard")
+PARAMETERISATIONS = ("ntk", "standard")
 ROUTES = ("centred", "small_kappa")
 
 
@@ -48,11 +50,11 @@ class Config(GridExperiment):
     NAME: ClassVar[str] = "kernel_vs_network"
     USES_VALIDATION: ClassVar[bool] = True
     name: str = "kernel_vs_network"
-    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    parameterisations: list[str] = field(default_factory=lambda: list(PARAMETERISATIONS))
     epochs: int = 30  # at most: the number of epochs is chosen on the validation split
     batch_size: int = 32
     momentum: float = 0.9
-    ntk_routes: list[str] = field(default_factory=lambda: list(ROUTES))  # grid of the ntk family
+    ntk_routes: list[str] = field(default_factory=lambda: list(ROUTES))  # grid of the ntk parameterisation
     small_kappa: float = 0.1
     ntk_lr_fractions: list[float] = field(default_factory=lambda: [0.5, 1.0])  # lr = fraction * B / lambda_max
     standard_lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1])
@@ -60,8 +62,9 @@ class Config(GridExperiment):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        bad = [f for f in self.families if f not in FAMILIES]
-        check(not bad, "experiment.families", f"unknown family {bad}: use {list(FAMILIES)}")
+        bad = [p for p in self.parameterisations if p not in PARAMETERISATIONS]
+        check(len(self.parameterisations) > 0 and not bad, "experiment.parameterisations",
+              f"unknown parameterisation(s) {bad}: use {list(PARAMETERISATIONS)}")
         bad = [r for r in self.ntk_routes if r not in ROUTES]
         check(len(self.ntk_routes) > 0 and not bad, "experiment.ntk_routes", f"unknown route(s) {bad}: use {list(ROUTES)}")
         check(self.epochs >= 1, "experiment.epochs", f"must be >= 1, got {self.epochs}")
@@ -80,8 +83,8 @@ class Config(GridExperiment):
               "validation split of the training pool: set data.n_val > 0")
 
 
-def _grid(e: Config, family: str) -> list[dict]:
-    if family == "ntk":
+def _grid(e: Config, parameterisation: str) -> list[dict]:
+    if parameterisation == "ntk":
         return [{"route": r, "lr_fraction": f} for r, f in itertools.product(e.ntk_routes, e.ntk_lr_fractions)]
     return [{"lr": lr} for lr in e.standard_lrs]
 
@@ -99,8 +102,14 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
     sizes = {"n_train": len(data.x_train), "n_val": len(data.x_val), "n_test": len(data.x_test)}
 
     def prepare(arch):
-        xtr, xva, xte = (model_inputs(x, arch).to(device=device, dtype=dtype) for x in (data.x_train, data.x_val,
-                                                                                         data.x_test))
+        xtr, xva, xte = (arch.inputs(x).to(device=device, dtype=dtype) for x in (data.x_train, data.x_val, data.x_test))
+        for par in e.parameterisations:  # refuse, naming the key, a net that cannot be built, before any work
+            try:
+                make(par, arch, 1, 0, tuple(xtr.shape[1:]), _grid(e, par)[0])
+            except (NetworkError, ValueError) as err:
+                key = getattr(err, "field", "family")
+                key = key if key in ModelConfig.__dataclass_fields__ else "family"
+                raise ConfigError(f"model.{key}: the {par}-parameterised net of {arch.name} cannot be built: {err}") from None
         t0 = time.perf_counter()
         k = cntk.kernel(xtr, None, arch, progress=False)
         kt = cntk.kernel(xte, xtr, arch, progress=False)
@@ -111,36 +120,34 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
                "correct": stats.encode(correct), "seconds": time.perf_counter() - t0, "jitter": model.jitter}
         return {"x": (xtr, xva, xte), "chosen": {}}, [row]
 
-    def make(family, arch, width, seed, shape, hp):
-        if family == "ntk":
-            kappa = 1.0 if hp["route"] == "centred" else e.small_kappa
-            return finite_nets.build(arch, width, input_shape=shape, out_dim=data.num_classes, seed=seed,
-                                     output_scale=kappa, dtype=dtype, device=device)
-        return build_standard(arch, width, input_shape=shape, out_dim=data.num_classes, seed=seed, dtype=dtype,
-                              device=device)
+    def make(parameterisation, arch, width, seed, shape, hp):
+        """The finite net of exactly the kernel's layers, in ``parameterisation``."""
+        kappa = (1.0 if hp["route"] == "centred" else e.small_kappa) if parameterisation == "ntk" else 1.0
+        return finite_nets.build(arch, width, input_shape=shape, out_dim=data.num_classes, seed=seed, output_scale=kappa,
+                                 dtype=dtype, device=device, parameterisation=parameterisation)
 
-    def train(family, net, hp, xtr, x_eval, y_eval, epochs, seed):
+    def train(parameterisation, net, hp, xtr, x_eval, y_eval, epochs, seed):
         opts = dict(epochs=epochs, batch_size=e.batch_size, momentum=e.momentum, seed=seed)
-        if family == "ntk":
+        if parameterisation == "ntk":
             return finite_nets.train_sgd(net, xtr, data.y_train, x_eval, y_eval, loss="mse",
                                          lr_fraction=hp["lr_fraction"], centered=hp["route"] == "centred", **opts)
         return finite_nets.train_sgd(net, xtr, data.y_train, x_eval, y_eval, loss="cross_entropy", lr=hp["lr"], **opts)
 
-    def choose(ctx, family, arch, width):
+    def choose(ctx, parameterisation, arch, width):
         """The grid ranked by validation accuracy (seed 0 runs), each with its best epoch, best first
         (ties keep the grid's order); selection rows."""
         xtr, xva, _ = ctx["x"]
         ranked, rows = [], []
-        for hp in _grid(e, family):
-            net = make(family, arch, width, 0, tuple(xtr.shape[1:]), hp)
+        for hp in _grid(e, parameterisation):
+            net = make(parameterisation, arch, width, 0, tuple(xtr.shape[1:]), hp)
             t0 = time.perf_counter()
             try:
-                res = train(family, net, hp, xtr, xva, data.y_val, e.epochs, 0)
+                res = train(parameterisation, net, hp, xtr, xva, data.y_val, e.epochs, 0)
                 curve = res.test_accuracy_per_epoch
             except finite_nets.TrainingDiverged:
                 curve = [0.0]
             epoch = len(curve) - 1 - int(np.argmax(curve[::-1]))  # the last best epoch: ties go to more training
-            rows.append({"method": f"{family}_selection", "width": width, "seed": 0, **sizes, **hp,
+            rows.append({"method": f"{parameterisation}_selection", "width": width, "seed": 0, **sizes, **hp,
                          "val_accuracy": curve[epoch], "epochs": epoch + 1, "seconds": time.perf_counter() - t0})
             ranked.append(({**hp, "epochs": epoch + 1}, curve[epoch]))
         ranked.sort(key=lambda r: -r[1])  # stable: ties keep the grid's order
@@ -150,31 +157,31 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
         xtr, _, xte = ctx["x"]
         shape = tuple(xtr.shape[1:])
         out = []
-        for family in e.families:
-            if (family, width) not in ctx["chosen"]:
-                ranked, rows = choose(ctx, family, arch, width)
-                ctx["chosen"][family, width] = ranked
+        for par in e.parameterisations:
+            if (par, width) not in ctx["chosen"]:
+                ranked, rows = choose(ctx, par, arch, width)
+                ctx["chosen"][par, width] = ranked
                 out += [{**r, "seed": -1} for r in rows]
             t0 = time.perf_counter()
             # the validation's choice; should it diverge for this seed, the next best one (recorded)
-            for rank, (hp, val) in enumerate(ctx["chosen"][family, width]):
+            for rank, (hp, val) in enumerate(ctx["chosen"][par, width]):
                 try:
-                    res = train(family, make(family, arch, width, seed, shape, hp), hp, xtr, xte, data.y_test,
+                    res = train(par, make(par, arch, width, seed, shape, hp), hp, xtr, xte, data.y_test,
                                 hp["epochs"], seed)
                     break
                 except finite_nets.TrainingDiverged:
                     continue
             else:
-                raise finite_nets.TrainingDiverged(f"every {family} setting of the grid diverged at width {width}, seed {seed}")
-            out.append({"method": f"{family}_net", **sizes, **hp, "choice_rank": rank, "kappa": (1.0 if hp.get("route") == "centred"
-                                                                           else e.small_kappa) if family == "ntk" else None,
+                raise finite_nets.TrainingDiverged(f"every {par} setting of the grid diverged at width {width}, seed {seed}")
+            kappa = (1.0 if hp.get("route") == "centred" else e.small_kappa) if par == "ntk" else None
+            out.append({"method": f"{par}_net", **sizes, **hp, "choice_rank": rank, "kappa": kappa,
                         "val_accuracy": val, "accuracy": res.test_accuracy, "correct": stats.encode(res.test_correct.numpy()),
                         "final_train_loss": res.final_train_loss, "train_accuracy": res.train_accuracy,
-                        "loss": "mse" if family == "ntk" else "cross_entropy", "lr_used": res.lr,
+                        "loss": "mse" if par == "ntk" else "cross_entropy", "lr_used": res.lr,
                         "weights": _weights(res.model), "seconds": time.perf_counter() - t0})
         return out
 
-    return sweep.run(cfg, prepare, measure, prepare_steps=1)
+    return sweep.run(cfg, prepare, measure, input_shape=tuple(data.x_train.shape[1:]), prepare_steps=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +197,7 @@ def _cells(rows: list[dict]) -> dict:
     for r in rows:
         key = (r.get("setting", ""), r["readout"], r["depth"])
         cell = cells.setdefault(key, {})
+        cell.setdefault("net", row_name(r))
         if r["method"] == "kernel":
             cell["kernel"] = r
         elif r["method"].endswith("_net"):
@@ -206,14 +214,14 @@ def summarize(rows: list[dict]) -> list[dict]:
         kc = stats.decode(kern["correct"]) if kern else None
         if kern:
             acc, lo, hi = stats.bootstrap_accuracy(kc)
-            out.append({"setting": setting, "readout": readout, "depth": depth, "method": "kernel", "width": 0,
+            out.append({"setting": setting, "net": cell["net"], "readout": readout, "depth": depth, "method": "kernel", "width": 0,
                         "seeds": 1, "accuracy": acc, "acc_lo": lo, "acc_hi": hi, "n_test": kern["n_test"]})
-        for key in sorted(k for k in cell if k != "kernel"):
+        for key in sorted(k for k in cell if k not in ("kernel", "net")):
             method, width = key
             sel = sorted(cell[key], key=lambda r: r["seed"])
             c = np.stack([stats.decode(r["correct"]) for r in sel])
             acc, lo, hi = stats.bootstrap_accuracy(c)
-            row = {"setting": setting, "readout": readout, "depth": depth, "method": method, "width": width,
+            row = {"setting": setting, "net": cell["net"], "readout": readout, "depth": depth, "method": method, "width": width,
                    "seeds": len(sel), "accuracy": acc, "acc_lo": lo, "acc_hi": hi, "n_test": sel[0]["n_test"],
                    "chosen": ", ".join(f"{k}={sel[0][k]}" for k in ("route", "kappa", "lr_fraction", "lr", "epochs")
                                        if sel[0].get(k) is not None),
@@ -261,7 +269,7 @@ def plot(doc: dict, out_dir: str | Path):
             ax.axhline(100 * kern["accuracy"], color="black", lw=1.2, label=LABELS["kernel"])
             ax.axhspan(100 * kern["acc_lo"], 100 * kern["acc_hi"], color="black", alpha=0.08, lw=0)
         ax.set_xscale("log", base=2)
-        title = net_name(readout, depth, "fc" if readout == "none" else "cnn")
+        title = sel[0]["net"]
         ax.set_title(title + (f" [{setting}]" if setting else ""), fontsize=9)
         ax.set_xlabel("width m")
     for ax in axes[:, 0]:
@@ -298,7 +306,7 @@ def _table(summary: list[dict]) -> str:
              "| chosen on validation | val % | final train loss (max) | train acc % (min) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        name = net_name(s["readout"], s["depth"], "fc" if s["readout"] == "none" else "cnn").split(",")[0]
+        name = re.sub(r", depth \d+", "", s["net"])
         name += f" [{s['setting']}]" if s["setting"] else ""
         if s["method"] == "kernel":
             lines.append(f"| {name.replace('CNN', 'CNTK')} (kernel) | {s['depth']} | ∞ | {_pct(s)} | | | no ridge | | | |")

@@ -20,7 +20,6 @@ from experiments.harness import stats, sweep
 from experiments.harness.common import (
     by_group,
     common,
-    model_inputs,
     save_figure,
     series_name,
     style,
@@ -52,7 +51,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
         return (pred.argmax(1) == data.y_test).numpy()
 
     def prepare(arch):
-        x = model_inputs(torch.cat([data.x_train, data.x_test]), arch).to(device=device, dtype=dtype)
+        x = arch.inputs(torch.cat([data.x_train, data.x_test])).to(device=device, dtype=dtype)
         t0 = time.perf_counter()
         exact = cntk.kernel(x, None, arch, progress=cfg.progress).double()
         c = correct(exact)
@@ -69,7 +68,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
                 "accuracy_exact": float(exact_c.mean()), "kernel_rel_error": float((emp - exact).norm() / exact.norm()),
                 "seconds": time.perf_counter() - t0}
 
-    return sweep.run(cfg, prepare, measure, prepare_steps=1)
+    return sweep.run(cfg, prepare, measure, input_shape=tuple(data.x_train.shape[1:]), prepare_steps=1)
 
 
 def summarize(rows: list[dict]) -> list[dict]:

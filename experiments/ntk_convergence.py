@@ -17,6 +17,7 @@ needed width ~ L.  With three or more depths the depth figure fits the needed wi
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from experiments.harness.common import (
     by_group,
     common,
     loglog_fit,
-    model_inputs,
+    row_name,
     save_figure,
     series_name,
     style,
@@ -75,7 +76,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
              "bootstrap": e.bootstrap, "max_weights": e.max_weights}
 
     def prepare(arch):
-        xin = model_inputs(x, arch)
+        xin = arch.inputs(x)
         t0 = time.perf_counter()
         exact = cntk.kernel(xin, None, arch, "ntk")
         return (xin, exact, time.perf_counter() - t0), []
@@ -88,10 +89,10 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
         diff = (emp - exact).abs()
         return {**const, "rel_fro_error": float((emp - exact).norm() / exact.norm()),
                 "rel_max_error": float(diff.max() / exact.abs().max()), "max_abs_error": float(diff.max()),
-                "exact_max_entry": float(exact.abs().max()), "hidden_weights": sweep.hidden_weights(arch, width),
+                "exact_max_entry": float(exact.abs().max()), "hidden_weights": arch.hidden_weights(tuple(xin.shape[1:]), width),
                 "seconds_empirical": time.perf_counter() - t0, "seconds_exact": t_exact}
 
-    return sweep.run(cfg, prepare, measure)
+    return sweep.run(cfg, prepare, measure, input_shape=tuple(x.shape[1:]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def _depth_figure(rows: list[dict], out_dir: str | Path) -> tuple[list[Path], li
             continue
         color = f"C{si % 10}"
         first = by_depth[depths[0]]
-        name = series_name(first).rsplit(", depth", 1)[0] + (f" [{key[0]}]" if key[0] else "")
+        name = re.sub(r", depth \d+", "", row_name(first[0])) + (f" [{key[0]}]" if key[0] else "")
         common_w = sorted(set.intersection(*({r["width"] for r in by_depth[d]} for d in depths)))
         if common_w:
             w = common_w[-1]

@@ -16,7 +16,6 @@ linearisation, Lee et al. 2019).  Targets: +1 for the first half of the classes,
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,6 @@ from experiments.harness import sweep
 from experiments.harness.common import (
     by_group,
     common,
-    loglog_fit,
-    model_inputs,
     save_figure,
     series_name,
     style,
@@ -66,12 +63,9 @@ class Config(GridExperiment):
         check(self.max_steps >= 1, "experiment.max_steps", f"must be >= 1, got {self.max_steps}")
 
 
-def _weights(arch: cntk.Architecture, width: int, shape: tuple[int, ...]) -> int:
-    """Trainable weights of the finite net (one output)."""
-    q2 = arch.filter_size**2 if arch.family == "cnn" else 1
-    hidden = width * shape[0] * q2 + (arch.n_act_layers - 1) * width * width * q2
-    features = width * (shape[1] * shape[2] if arch.family == "cnn" and arch.readout == "flatten" else 1)
-    return hidden + features
+def _weights(net: torch.nn.Module) -> int:
+    """Trainable parameters of the finite net (one output), counted on the net itself."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
 def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:
@@ -82,8 +76,8 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
             "max_weights": e.max_weights}
 
     def prepare(arch):
-        xtr = model_inputs(data.x_train, arch).to(device=device, dtype=dtype)
-        xte = model_inputs(data.x_test, arch).to(device=device, dtype=dtype)
+        xtr = arch.inputs(data.x_train).to(device=device, dtype=dtype)
+        xte = arch.inputs(data.x_test).to(device=device, dtype=dtype)
         k = cntk.kernel(xtr, None, arch).double().cpu()
         kt = cntk.kernel(xte, xtr, arch).double().cpu()
         ev = torch.linalg.eigvalsh(k)
@@ -116,11 +110,11 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
                          "rel_diff_to_linearised": float(along[-1]), "drift": res.drift[-1],
                          "initial_loss": res.loss[0], "final_rel_loss": res.relative_loss, "converged": res.converged,
                          "flow_steps": len(res.times) - 1, "rejected_steps": res.rejected, "lambda_max": res.lambda_max,
-                         "kernel_condition": cond, "weights": _weights(arch, width, tuple(xtr.shape[1:])),
+                         "kernel_condition": cond, "weights": _weights(net),
                          "seconds": time.perf_counter() - t0})
         return rows
 
-    return sweep.run(cfg, prepare, measure)
+    return sweep.run(cfg, prepare, measure, input_shape=tuple(data.x_train.shape[1:]))
 
 
 def _route_name(route: str, kappa: float) -> str:

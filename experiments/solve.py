@@ -29,7 +29,7 @@ from cntk.solve.solvers import solve_cg, solve_dense
 from cntk.store.tiles import TileStore
 
 from experiments.harness import stats
-from experiments.harness.common import model_inputs, save_figure, style
+from experiments.harness.common import save_figure, style
 from experiments.harness.config import Config as RunConfig, check
 from experiments.harness.data import Dataset
 from .gram import StoreConfig, store_path
@@ -74,8 +74,8 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
     root = store_path(cfg)
     train, test = TileStore.load(root / "train"), TileStore.load(root / "test_train")
     arch = cfg.model.architecture()
-    xtr = model_inputs(data.x_train.to(dtype), arch)
-    xte = model_inputs(data.x_test.to(dtype), arch)
+    xtr = arch.inputs(data.x_train.to(dtype))
+    xte = arch.inputs(data.x_test.to(dtype))
     ids = data.identity("train"), data.identity("test")
     train.check_inputs(xtr, None, (ids[0], None))
     test.check_inputs(xte, xtr, (ids[1], ids[0]))
@@ -95,7 +95,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
         pred = (k_test.to(sol.alpha) @ sol.alpha).cpu()
         correct = (pred.argmax(1) == data.y_test).numpy()
         rows.append({
-            "family": arch.family, "variant": variant(arch), "readout": cfg.model.readout, "depth": cfg.model.depth,
+            "family": arch.family, "variant": arch.variant, "readout": cfg.model.readout, "depth": cfg.model.depth,
             "kind": g.kind,
             "fix_first_last": cfg.model.fix_first_last, "ridge": ridge, "n_train": n, "n_test": len(xte),
             "accuracy": float(correct.mean()), "correct": stats.encode(correct),
@@ -110,19 +110,6 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
 
 # ---------------------------------------------------------------------------------------------
 # report
-
-
-def variant(arch) -> str:
-    """What sets a kernel apart from the paper's CNN-V / CNN-GAP beyond readout, depth and fix:
-    "" for the paper's CNNs (family "cnn", ReLU, no bias), else e.g. "myrtle", "abrelu(0.2, 1)", "bias 0.1"."""
-    parts = [] if arch.family == "cnn" else [arch.family]
-    if arch.activation == "abrelu":
-        parts.append(f"abrelu({arch.abrelu_a:g}, {arch.abrelu_b:g})")
-    elif arch.activation != "relu":
-        parts.append(arch.activation)
-    if arch.bias_var:
-        parts.append(f"bias {arch.bias_var:g}")
-    return ", ".join(parts)
 
 
 def kernel_name(kind: str, readout: str, fix: bool) -> str:

@@ -7,7 +7,7 @@ import torch
 
 from cntk import Architecture
 from cntk.api import as_device
-from cntk.layers import Network
+from cntk.network import Network
 
 from .checks import default_device
 from .layer_net import LayerNet

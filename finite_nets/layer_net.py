@@ -7,7 +7,8 @@ Its empirical NTK (``finite_nets.empirical_ntk``, the exact jacrev contraction) 
 kappa^2 ``cntk.kernel(x, x', net, "ntk")`` as m grows, and its empirical NNGP (``empirical_nngp``:
 the readout's conditional output covariance given the hidden layers) to kappa^2 ``"nngp"``: the
 generic convergence check (tests/test_layers_convergence.py) measures both for every preset and
-layer.  The paper's own family also has ``FiniteNet`` (models.py), whose structured empirical NTK
+layer.  Graph networks (FanOut / Parallel / FanInSum) pass tuples of tensors between layers; a
+Parallel's parameters are registered as ``b{branch}_{layer}_{name}``.  The paper's own family also has ``FiniteNet`` (models.py), whose structured empirical NTK
 is faster; ``finite_nets.build`` picks it where it applies.
 """
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cntk.layers import Dense, Network, check_parameterisation
+from cntk.graph import Parallel
+from cntk.core_layers import Dense, check_parameterisation
+from cntk.network import Network
 from cntk.errors import NetworkError
 
 from finite_nets.checks import check_dtype_device, positive_int
@@ -53,10 +56,12 @@ class LayerNet(nn.Module):
         last = len(net.layers) - 1
         for i, (layer, s) in enumerate(zip(net.layers, self.shapes)):
             holder = nn.Module()
-            scale = layer.multipliers(s) if self.parameterisation == "standard" else {}
+            scale = ({} if self.parameterisation != "standard" else
+                     layer.multipliers(s, width) if isinstance(layer, Parallel) else layer.multipliers(s))
             for name, t in layer.init(s, out_dim if i == last else width, gen).items():
                 t = t.to(device=dev, dtype=dtype) * scale.get(name, 1.0)
-                p = nn.Parameter(t, requires_grad=bool(getattr(layer, "trainable", True)))
+                trainable = layer.param_trainable(name) if isinstance(layer, Parallel) else getattr(layer, "trainable", True)
+                p = nn.Parameter(t, requires_grad=bool(trainable))
                 holder.register_parameter(name, p)
             self.layer_params.append(holder)
 

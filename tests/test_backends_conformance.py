@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cntk
-from cntk import activations as A, layers as L, presets as P  # noqa: F401 (L: graph networks)
+from cntk import activations as A, graph as G, layers as L, presets as P
 
 DEVICE = os.environ.get("CNTK_TEST_DEVICE", "cpu")
 
@@ -30,6 +30,16 @@ NETWORKS = {
     "fc-abrelu-bias": (P.fc_net(4, act=A.ABReLU(a=-0.3, b=1.5), b_var=0.1), (9,)),
     "fc-erf": (P.fc_net(3, act=A.Erf()), (7,)),
     "myrtle-5": (P.myrtle(5), (1, 8, 8)),
+    "gelu-gap": (P.paper_cnn(3, "gap", act=A.Gelu()), (2, 5, 5)),
+    "sin-v-bias": (P.paper_cnn(3, "flatten", act=A.Sin(a=1.2, b=0.8, c=0.3), b_var=0.2), (1, 5, 4)),
+    "fc-gelu": (P.fc_net(3, act=A.Gelu()), (7,)),
+    "resnet-2-gap": (P.resnet(2), (2, 5, 5)),
+    "resnet-1-v-bias": (P.resnet(1, readout="flatten", b_var=0.1, act=A.Erf()), (1, 5, 4)),
+    "layernorm-gelu": (L.Network((L.Conv(3, w_var=None), G.LayerNorm(), L.Act(A.Gelu()), L.Conv(3), G.LayerNorm(),
+                                  L.Act(A.Sin()), L.GlobalAvgPool(), L.Dense(w_var=2 / 9)), "LN"), (2, 5, 5)),
+    "pool-layernorm": (L.Network((L.Conv(3, w_var=None), L.Act(), L.AvgPool(2), L.Conv(3), G.LayerNorm(), L.Act(),
+                                  L.GlobalAvgPool(), L.Dense(w_var=2 / 9)), "pool-LN"), (1, 4, 4)),
+    "fc-layernorm": (L.Network((L.Dense(w_var=None), G.LayerNorm(), L.Act(), L.Dense(), L.Act(), L.Dense()), "fc-LN"), (6,)),
 }
 
 
@@ -137,17 +147,19 @@ def test_every_backend_and_network_is_covered():
 def test_auto_picks_the_fastest_backend_that_computes_the_network():
     paper = cntk.Architecture(depth=3)
     assert cntk.choose_backend(paper, "cpu").NAME == ("numba" if "numba" in cntk.available_backends() else "planes")
-    assert cntk.choose_backend(P.paper_cnn(3, "gap", act=A.Erf()), "cpu").NAME == "planes"  # numba: ReLU / ABReLU
+    assert cntk.choose_backend(P.paper_cnn(3, "gap", act=A.Gelu()), "cpu").NAME == "planes"  # numba: ReLU / ABReLU / Erf
     assert cntk.backends_for(P.myrtle(5)) == ["reference"]  # pooling
+    assert cntk.backends_for(P.resnet(1)) == ["reference"]  # a graph
     assert cntk.choose_backend(P.fc_net(3), "cpu").NAME == "vector"
     assert all(cntk.backends_for(net)[-1] == "reference" for net, _ in NETWORKS.values())
 
 
 @pytest.mark.parametrize("backend, net, words", [
-    ("numba", P.paper_cnn(3, "gap", act=A.Erf()), "compiles ReLU and ABReLU only"),
+    ("numba", P.paper_cnn(3, "gap", act=A.Gelu()), "compiles ReLU, ABReLU and Erf"),
     ("planes", P.myrtle(5), "AvgPool"),
     ("vector", cntk.Architecture(depth=3), "convolutional"),
     ("planes", P.fc_net(3), "fully connected"),
+    ("planes", P.resnet(1), "graph network"),
 ])
 def test_a_backend_refuses_what_it_cannot_compute(backend, net, words):
     if backend not in cntk.available_backends():

@@ -26,7 +26,7 @@ def _validate(overrides):
 
 @pytest.mark.parametrize("name", experiments.names())
 @pytest.mark.parametrize("data", ["digits", "fashion_mnist", "cifar10", "sphere"])
-@pytest.mark.parametrize("model", ["cnn_gap", "cnn_v", "fc"])
+@pytest.mark.parametrize("model", sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")))
 def test_every_experiment_composes(name, data, model):
     cfg = _validate([f"experiment={name}", f"data={data}", f"model={model}"])
     assert cfg.experiment.name == name and cfg.data.name == data and type(cfg.experiment).NAME == name
@@ -46,7 +46,7 @@ def test_experiments_are_discovered_from_their_files():
 def test_help_lists_only_real_options():
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help"], capture_output=True, text=True, timeout=120)
     groups = proc.stdout.split("== Config ==")[0]
-    assert "experiment: gram, kernel_vs_network" in groups and "schema" not in groups and "base_" not in groups
+    assert f"experiment: {', '.join(experiments.names())}" in groups and "schema" not in groups and "base_" not in groups
 
 
 @pytest.mark.parametrize(
@@ -58,6 +58,7 @@ def test_help_lists_only_real_options():
         (["experiment.widths=[0,4]"], "experiment.widths"),
         (["experiment=prediction_equivalence", "experiment.loss_tol=3"], "experiment.loss_tol"),
         (["experiment=kernel_vs_network", "data.n_val=0"], "data.n_val"),
+        (["experiment=kernel_vs_network", "experiment.parameterisations=[mup]"], "experiment.parameterisations"),
         (["data.n_val=10"], "data.n_val"),  # ntk_convergence chooses nothing on a validation split
         (["dtype=float16"], "dtype"),
         (["threads=-1"], "threads"),
@@ -122,3 +123,22 @@ def test_device_auto_gives_each_job_its_own_gpu_and_jobs_share_the_cores(monkeyp
         assert numba.get_num_threads() == 1
     finally:
         set_threads(before)
+
+
+def test_the_width_cap_and_the_labels_come_from_the_architecture():
+    """experiment.max_weights counts the net's own hidden weights (Myrtle-5: three 3 x 3 m x m convs,
+    9 m^2 each, not m^2), and figures label each architecture by its own name."""
+    from cntk import Architecture
+    from experiments.harness.common import row_name
+
+    m = 16
+    assert Architecture(family="myrtle", depth=5).hidden_weights((1, 8, 8), m) >= 3 * 9 * m * m
+    assert Architecture(depth=3).hidden_weights((1, 8, 8), m) >= 9 * m * m
+    assert Architecture(family="fc", depth=4).hidden_weights((64,), m) >= 2 * m * m
+    assert Architecture(family="fc").input_shape_error((1, 8, 8)) and Architecture().input_shape_error((1, 8, 8)) is None
+    names = {Architecture(readout="flatten", depth=6).name: "CNN-V, depth 6", Architecture().name: "CNN-GAP, depth 3",
+             Architecture(family="fc").name: "FC, depth 3", Architecture(family="myrtle", depth=7).name: "Myrtle-7",
+             Architecture(family="fc", activation="erf", bias_var=0.1).name: "FC, depth 3 [erf, bias 0.1]"}
+    assert all(got == want for got, want in names.items()), names
+    assert row_name({"family": "cnn", "readout": "flatten", "depth": 4}) == "CNN-V, depth 4"  # rows without a net column
+    assert row_name({"family": "fc", "readout": "none", "depth": 3}) == "FC, depth 3"

@@ -48,6 +48,35 @@ def test_every_experiment_runs_end_to_end(name, tmp_path):
     assert (out / "run.log").exists() and not list(out.glob(".*.tmp"))
 
 
+KVN = ["experiment=kernel_vs_network", "experiment.seeds=[0]", "experiment.epochs=1", "experiment.standard_lrs=[0.01]",
+       "experiment.ntk_lr_fractions=[0.5]", "experiment.ntk_routes=[centred]", "data.n_train=20", "data.n_val=10",
+       "data.n_test=10", "threads=1"]
+
+
+def test_kernel_vs_network_trains_the_kernels_own_layers(tmp_path):
+    """erf with biases: both parameterisations train erf nets with biases (the kernel's layers); Myrtle
+    runs, and experiment.max_weights counts its own 3 x 3 hidden weights."""
+    import cntk
+    import finite_nets
+
+    run_py(*KVN, "model.activation=erf", "model.bias_var=0.1", "experiment.widths=[4]", "experiment.depths=[3]",
+           "experiment.readouts=[gap]", f"hydra.run.dir={tmp_path / 'erf'}", cwd=tmp_path)
+    rows = json.loads((tmp_path / "erf" / "results.json").read_text())["rows"]
+    arch = cntk.Architecture(activation="erf", bias_var=0.1)
+    nets = {r["method"]: r for r in rows if r["method"].endswith("_net")}
+    assert set(nets) == {"ntk_net", "standard_net"} and all(r["net"] == arch.name for r in rows)
+    for par in ("ntk", "standard"):
+        net = finite_nets.build(arch, 4, input_shape=(1, 8, 8), out_dim=10, parameterisation=par, device="cpu")
+        assert nets[f"{par}_net"]["weights"] == sum(p.numel() for p in net.parameters())
+    no_bias = finite_nets.build(cntk.Architecture(), 4, input_shape=(1, 8, 8), out_dim=10, device="cpu")
+    assert nets["ntk_net"]["weights"] > sum(p.numel() for p in no_bias.parameters())  # the biases are trained
+    hidden = cntk.Architecture(family="myrtle", depth=5).hidden_weights((1, 8, 8), 8)
+    run_py(*KVN, "model=myrtle", "experiment.widths=[4,8]", f"experiment.max_weights={hidden - 1}",
+           f"hydra.run.dir={tmp_path / 'myrtle'}", cwd=tmp_path)
+    rows = json.loads((tmp_path / "myrtle" / "results.json").read_text())["rows"]
+    assert {r["width"] for r in rows if r["method"].endswith("_net")} == {4} and rows[0]["net"] == "Myrtle-5"
+
+
 TINY = ["experiment.widths=[4,8,16]", "experiment.seeds=[0]", "data.n_train=3"]
 
 

@@ -262,3 +262,22 @@ def test_myrtle_runs_through_gram_and_solve(tmp_path):
     run_py("experiment=solve", *common, f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path)
     table = (tmp_path / "s" / "table.md").read_text()
     assert "CNTK-GAP [myrtle] | 5 | 6 / 4 |" in table, table
+
+
+@pytest.mark.parametrize("model, slug", [
+    ({}, "gap-d3"),
+    ({"readout": "flatten", "depth": 6, "fix_first_last": True}, "flatten-d6-fix"),
+    ({"family": "fc", "filter_size": 5}, "fc-d3"),  # an fc net has no filter: not in its name
+    ({"family": "myrtle", "depth": 5}, "myrtle-d5"),
+    ({"filter_size": 5, "activation": "abrelu", "abrelu_a": 0.2, "bias_var": 0.1}, "gap-d3-q5-abrelu0.2_1-bias0.1"),
+])
+def test_default_store_path_names_the_matrix(model, slug):
+    """stores/DATA-SLUG-NTRAINxNTEST-KIND-DTYPE[-seedS], SLUG the architecture's own (Architecture.slug)."""
+    from experiments.gram import store_path
+
+    assert cntk.Architecture(**model).slug == slug
+    cfg = {"data": {"name": "digits", "n_train": 40, "n_test": 16, "seed": 0}, "model": {**model, "width": 8},
+           "experiment": {"store": None, "kind": "ntk"}, "dtype": "float64"}
+    assert store_path(cfg) == Path("stores") / f"digits-{slug}-40x16-ntk-float64"
+    cfg["data"]["seed"] = 2
+    assert store_path(cfg) == Path("stores") / f"digits-{slug}-40x16-ntk-float64-seed2"

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cntk.activations import Activation, ReLU
-from cntk.layers import Act, AvgPool, Conv, Dense, GlobalAvgPool, Network
+from cntk.core_layers import Act, Conv, Dense
+from cntk.pooling import AvgPool, GlobalAvgPool
+
+if TYPE_CHECKING:  # chain() is called by cntk.network: a run-time import would be a circle
+    from cntk.network import Network
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ def family_chain(net: Network, family: str) -> str | None:
 
 def chain(net: Network) -> Chain | str:
     """``net`` in chain form, or the reason it is not one."""
+    if net.is_graph:
+        return "it is a graph network (FanOut / Parallel / FanInSum): the reference backend computes those"
     layers = list(net.layers)
     readout = "none"
     if net.family == "cnn":

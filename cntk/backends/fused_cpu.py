@@ -54,7 +54,7 @@ from numba.extending import overload
 
 from cntk.activations import ABReLU, Erf, ReLU
 from cntk.backends.chain import Chain, chain, family_chain
-from cntk.layers import Network
+from cntk.network import Network
 
 NAME = "numba"
 PRIORITY = 30
@@ -608,13 +608,16 @@ def _prepare_kernel(x, q, n_layers, coef, bias, s0, act, out):
             for i in range(h):
                 po = np.uint64((i + r) * s_ + r)
                 oo = base + np.uint64(i * w)
-                for j in range(uw):
-                    var = max(flat[oo + j] * scl + b2, zero)
-                    if act == 1:
+                if act == 1:  # two loops: a branch inside would keep the ReLU loop from vectorising
+                    for j in range(uw):
+                        var = max(flat[oo + j] * scl + b2, zero)
                         pad[po + j] = cf * two_pi * math.asin(two * var / (one + two * var))
-                    else:
+                        flat[oo + j] = math.sqrt(var)
+                else:
+                    for j in range(uw):
+                        var = max(flat[oo + j] * scl + b2, zero)
                         pad[po + j] = var * cf
-                    flat[oo + j] = math.sqrt(var)
+                        flat[oo + j] = math.sqrt(var)
 
 
 def prepare(x: torch.Tensor, net: Network | Chain, shapes=None) -> torch.Tensor:

@@ -52,7 +52,7 @@ import triton.language as tl
 
 from cntk.backends import planes
 from cntk.backends.chain import Chain, chain
-from cntk.layers import Network
+from cntk.network import Network
 
 __all__ = ["prepare", "tile", "supports", "bytes_per_pair"]
 NAME = "triton"

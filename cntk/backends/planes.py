@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cntk.backends.chain import Chain, chain, family_chain
-from cntk.layers import Network
+from cntk.network import Network
 
 NAME = "planes"
 PRIORITY = 10

@@ -1,60 +1,58 @@
-"""Reference backend: every layer's own rule (``cntk.layers``) on full P x P states, plainly.
+"""Reference backend: every layer's own rule (``cntk.layers``, ``cntk.graph``) on full P x P states,
+plainly.
 
 A batch of pairs at a time, every nngp / ntk held as a (H, W, H, W) tensor per pair, each layer's
 ``rule`` applied in turn (the patch trace on the 4-D view, pooling by block means, the readouts by
-the mean / the trace).  Per-image diagonals come from the same rules run on the self pair (x, x)
-with rho = 1 exactly on its diagonal, as in the paper's script.  It computes every network the
-vocabulary can describe, pooling included; slow and memory-hungry on purpose: it is the test
-oracle and the benchmark baseline, and the backend of pooled networks.
+the mean / the trace); the state carries each side's self variances and every rule updates them
+(rho = 1 exactly on a self pair's diagonal, as in the paper's script).  Per image it precomputes the
+raw input's statistics only: the self Gram's diagonal (and, for networks that pool before an
+activation, the whole self Gram, whose evolution the state then carries).  It computes every network
+the vocabulary can describe, pooling and graphs included; slow and memory-hungry on purpose: it is
+the test oracle and the benchmark baseline, and the backend of pooled and graph networks.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
-from cntk.layers import Act, Network, PairState, Shape, _diag
+from cntk.core_layers import PairState, Shape, _diag
+from cntk.network import Network
 
 NAME = "reference"
 PRIORITY = 0  # the slowest: chosen only when no other backend computes the network
 
 
-def initial_state(x: torch.Tensor, y: torch.Tensor, same: torch.Tensor | None) -> PairState:
-    """The raw input state of pairs (x[b], y[b]): images (B, C, H, W) -> (B, H, W, H, W); vectors (B, D) -> (B,)."""
-    same = same if same is not None and bool(same.any()) else None
+def _gram(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if x.ndim == 4:
         b, c, h, w = x.shape
-        g = torch.einsum("bcp,bcq->bpq", x.reshape(b, c, h * w), y.reshape(b, c, h * w)).reshape(b, h, w, h, w)
-        return PairState(g, torch.zeros_like(g), None, None, same, True, c)
-    g = (x * y).sum(1)
-    return PairState(g, torch.zeros_like(g), None, None, same, True, x.shape[1])
+        return torch.einsum("bcp,bcq->bpq", x.reshape(b, c, h * w), y.reshape(b, c, h * w)).reshape(b, h, w, h, w)
+    return (x * y).sum(1)
 
 
-def apply_rules(net: Network, state: PairState, shapes: list[Shape],
-                var_x: list[torch.Tensor], var_y: list[torch.Tensor]) -> PairState:
-    """Run every layer's rule; ``var_x`` / ``var_y``: the self pairs' nngp diagonals before each
-    activation, in order (from ``self_variances``)."""
-    k = 0
+def self_stats(x: torch.Tensor, full: bool = False) -> list[torch.Tensor]:
+    """[the self Gram's diagonal (N, H, W) or (N,)] (+ [the whole self Gram (N, H, W, H, W)] if ``full``)."""
+    g = _gram(x, x)
+    if x.ndim == 4:
+        return [_diag(g), g] if full else [_diag(g)]
+    return [g]
+
+
+def initial_state(x: torch.Tensor, y: torch.Tensor, same: torch.Tensor | None,
+                  sx: list[torch.Tensor] | None = None, sy: list[torch.Tensor] | None = None) -> PairState:
+    """The raw input state of pairs (x[b], y[b]): images (B, C, H, W) -> (B, H, W, H, W); vectors
+    (B, D) -> (B,); ``sx`` / ``sy``: their ``self_stats`` (computed here when None)."""
+    same = same if same is not None and bool(same.any()) else None
+    sx = self_stats(x) if sx is None else sx
+    sy = self_stats(y) if sy is None else sy
+    g = _gram(x, y)
+    return PairState(g, torch.zeros_like(g), sx[0], sy[0], same, True, x.shape[1],
+                     cov_x=sx[1] if len(sx) > 1 else None, cov_y=sy[1] if len(sy) > 1 else None)
+
+
+def apply_rules(net: Network, state: PairState, shapes: list[Shape]) -> PairState:
+    """Run every layer's rule in turn (each updates the cross terms and both sides' variances)."""
     for layer, s in zip(net.layers, shapes):
-        if isinstance(layer, Act):
-            state = replace(state, var_x=var_x[k], var_y=var_y[k])
-            k += 1
         state = layer.rule(state, s)
     return state
-
-
-def self_variances(net: Network, x: torch.Tensor, shapes: list[Shape]) -> list[torch.Tensor]:
-    """For each activation layer, the nngp diagonal of every input's self pair before it: (N, H, W)
-    or (N,).  Computed by the rules themselves on (x, x) with rho = 1 on the diagonal."""
-    st = initial_state(x, x, torch.ones(len(x), dtype=torch.bool, device=x.device))
-    out = []
-    for layer, s in zip(net.layers, shapes):
-        if isinstance(layer, Act):
-            diag = _diag(st.nngp) if st.nngp.ndim == 5 else st.nngp
-            out.append(diag)
-            st = replace(st, var_x=diag, var_y=diag)
-        st = layer.rule(st, s)
-    return out
 
 
 def supports(net: Network, device: torch.device) -> str | None:
@@ -63,20 +61,20 @@ def supports(net: Network, device: torch.device) -> str | None:
 
 
 def prepare(x: torch.Tensor, net: Network, shapes) -> list[torch.Tensor]:
-    """For each activation, the self pairs' nngp diagonals: (N, H, W) (vectors: (N,)); in chunks of
-    images, each holding (H W)^2 numbers per image."""
+    """Each image's raw ``self_stats`` (the whole self Gram where ``net.needs_self_cov``), in chunks."""
+    full = net.needs_self_cov
     if len(x) == 0:
         return []
     p = x.shape[-1] * x.shape[-2] if x.ndim == 4 else 1
     chunk = max(1, int(2**24 // max(1, p * p)))
-    parts = [self_variances(net, x[i : i + chunk], shapes) for i in range(0, len(x), chunk)]
+    parts = [self_stats(x[i : i + chunk], full) for i in range(0, len(x), chunk)]
     return [torch.cat([part[k] for part in parts]) for k in range(len(parts[0]))]
 
 
 def bytes_per_pair(shape, net: Network, itemsize: int) -> int:
-    """About eight live (H W)^2 tensors per pair."""
+    """About eight live (H W)^2 tensors per pair (three times that where the self Grams travel along)."""
     p = shape[1] * shape[2] if len(shape) == 3 else 1
-    return 8 * p * p * itemsize + 64
+    return (24 if net.needs_self_cov else 8) * p * p * itemsize + 64
 
 
 def tile(x1, s1, x2, s2, net: Network, shapes, kind: str, symmetric: bool, batch_size: int) -> torch.Tensor:
@@ -91,7 +89,7 @@ def tile(x1, s1, x2, s2, net: Network, shapes, kind: str, symmetric: bool, batch
     for start in range(0, len(ii), batch_size):
         i, j = ii[start : start + batch_size], jj[start : start + batch_size]
         same = (i == j) if symmetric else torch.zeros(len(i), dtype=torch.bool, device=x1.device)
-        st = apply_rules(net, initial_state(x1[i], x2[j], same), shapes, [v[i] for v in s1], [v[j] for v in s2])
+        st = apply_rules(net, initial_state(x1[i], x2[j], same, [v[i] for v in s1], [v[j] for v in s2]), shapes)
         out[i, j] = st.ntk if kind == "ntk" else st.nngp
     if symmetric:
         out = out + torch.triu(out, 1).T

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from cntk.backends.chain import Chain, chain, family_chain
-from cntk.layers import Network
+from cntk.network import Network
 
 NAME = "vector"
 PRIORITY = 20

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 
-from experiments import get
+from experiments import get, names
 from experiments.harness import overrides, results
 from experiments.harness.runner import JOB_STATUS
 
@@ -142,24 +142,24 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
 
 
 def interrupt_note(sweep_dir: str | Path | None) -> str:
-    """What an interrupted sweep kept: tiles of its gram stores, or its finished jobs."""
+    """What an interrupted sweep kept: what its experiment says (an experiment module's optional
+    ``interrupt_note(configs)``, given its jobs' configs; e.g. gram's tiles kept), else its finished jobs."""
     if sweep_dir is None or not Path(sweep_dir).is_dir():
         return "nothing written"
-    from experiments.gram import tiles_done
-
     jobs = _job_dirs(Path(sweep_dir))
-    stores = set()
+    configs: dict[str, list[dict]] = {}
     for job in jobs:
         try:
             cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
         except (OSError, yaml.YAMLError):
             continue
-        if (cfg.get("experiment") or {}).get("name") == "gram":
-            from experiments.gram import store_path
-
-            stores.add(str(store_path(cfg)))
-    if stores:
-        return f"{sum(tiles_done(s) for s in stores)} tiles kept, rerun the same command to resume"
+        name = (cfg.get("experiment") or {}).get("name")
+        if name in names():
+            configs.setdefault(name, []).append(cfg)
+    hooks = {name: getattr(get(name), "interrupt_note", None) for name in configs}
+    notes = [hooks[name](cfgs) for name, cfgs in sorted(configs.items()) if hooks[name]]
+    if notes:
+        return "; ".join(notes)
     done = sum((j / results.RESULTS_JSON).exists() for j in jobs)
     return f"{done} of {len(jobs)} started jobs finished (results in {sweep_dir}); rerun the same command to redo the sweep"
 

@@ -1,4 +1,4 @@
-"""Small shared pieces of the experiments: device, dtype, architecture, fits, figure style."""
+"""Small shared pieces of the experiments: device, dtype, row labels, fits, figure style."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cntk import Architecture
+from cntk.architecture import READOUTS, Architecture, ArchitectureError
 
 from experiments.harness.results import write_atomic
 
@@ -32,8 +32,8 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def model_inputs(x: torch.Tensor, arch: Architecture) -> torch.Tensor:
-    """Images as the family wants them: (N, C, H, W) for cnn, flattened (N, D) for fc."""
-    return x.flatten(1) if arch.family == "fc" else x
+    """``arch.inputs(x)`` (kept for callers outside experiments/, e.g. benchmarks/gram_scaling.py)."""
+    return arch.inputs(x)
 
 
 def loglog_fit(widths, errors) -> dict[str, float]:
@@ -104,19 +104,24 @@ def set_threads(threads: int) -> int:
     return n
 
 
-def net_name(readout: str, depth: int, family: str = "cnn") -> str:
-    """'CNN-GAP, depth 3', 'CNN-V, depth 3', 'FC, depth 3' or 'Myrtle-5'."""
-    if family == "fc" or readout == "none":
-        return f"FC, depth {depth}"
-    if family == "myrtle":
-        return f"Myrtle-{depth}"
-    return f"CNN-{'GAP' if readout == 'gap' else 'V'}, depth {depth}"
+def row_name(row: dict) -> str:
+    """The label of the net a result row measured (``Architecture.name``, kept in its ``net`` column;
+    rebuilt from family, readout and depth for rows written before that column)."""
+    if row.get("net"):
+        return row["net"]
+    readout = row.get("readout")
+    try:
+        arch = Architecture(family=row.get("family", "cnn"), depth=int(row["depth"]),
+                            readout=readout if readout in READOUTS else "gap")
+    except ArchitectureError:
+        return f"{row.get('family', 'cnn')} {readout}, depth {row['depth']}"
+    return arch.name
 
 
 def series_name(rows: list[dict]) -> str:
     """The legend label of a group of rows: its net, and its setting when a sweep varied one."""
     r = rows[0]
-    name = net_name(r["readout"], r["depth"], r.get("family", "cnn"))
+    name = row_name(r)
     return f"{name} [{r['setting']}]" if r.get("setting") else name
 
 

@@ -4,7 +4,8 @@ result rows) or is refused at start with one line naming the key to use instead.
 - ``model.readout`` / ``model.depth`` / ``model.width`` (set directly, or by choosing ``model=NAME``,
   whose file sets family and readout) become the one-value grid of an experiment that sweeps
   ``experiment.readouts`` / ``depths`` / ``widths``; setting both is refused.
-- fc nets have no readout and no filter: those keys are refused with ``model.family=fc``.
+- Model keys that change nothing for the architecture (``Architecture.unused_fields``: an fc net
+  has no readout and no filter) are refused.
 - An experiment's ``REFUSED`` keys (e.g. ``model.width`` for the exact-kernel ``gram``) are refused.
 - Every overridden key (except where and how fast to run: device, threads, progress) becomes a
   column of every result row of its job, with its value; a sweep's aggregation separates rows
@@ -13,12 +14,16 @@ result rows) or is refused at start with one line naming the key to use instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cntk.architecture import Architecture
+from cntk.errors import NetworkError
 
 from experiments import CONF_DIR
 from experiments.harness.config import ConfigError, GridExperiment
@@ -70,11 +75,11 @@ def apply(dcfg: DictConfig, overrides: list[Override], schema: type) -> DictConf
             raise ConfigError(f"{key}: {schema.REFUSED[key]}")
     if "data.n_val" in explicit and not schema.USES_VALIDATION:
         raise ConfigError(f"data.n_val: {name} chooses no hyperparameter on a validation split: remove data.n_val")
-    family = OmegaConf.select(dcfg, "model.family")
-    if family == "fc":
-        for key in ("model.readout", "model.filter_size", "experiment.readouts"):
-            if key in explicit and (key != "experiment.readouts" or issubclass(schema, GridExperiment)):
-                raise ConfigError(f"{key}: fully-connected nets (model.family=fc) have no readout or filter: remove it")
+    unused = _unused_fields(dcfg)
+    for key in [f"model.{f}" for f in unused] + ["experiment.readouts"] * ("readout" in unused):
+        if key in explicit and (key != "experiment.readouts" or issubclass(schema, GridExperiment)):
+            raise ConfigError(f"{key}: model.family={OmegaConf.select(dcfg, 'model.family')} nets have no "
+                              f"{' or '.join(unused)}: remove it")
     if not issubclass(schema, GridExperiment):
         return dcfg
     dcfg = dcfg.copy()
@@ -85,9 +90,19 @@ def apply(dcfg: DictConfig, overrides: list[Override], schema: type) -> DictConf
                     raise ConfigError(f"model.{field}: {name} sweeps experiment.{axis}, which is set too: keep one "
                                       f"(model.{field}=V is the same as experiment.{axis}=[V])")
                 dcfg.experiment[axis] = [dcfg.model[field]]
-        if family == "fc":
-            dcfg.experiment.readouts = [dcfg.model.readout]  # one pass: an fc net has no readout choice
+        if "readout" in unused:
+            dcfg.experiment.readouts = [dcfg.model.readout]  # one pass: the net has no readout choice
     return dcfg
+
+
+def _unused_fields(dcfg: DictConfig) -> tuple[str, ...]:
+    """The model fields that change nothing for this architecture (``Architecture.unused_fields``);
+    none when the model config is impossible (its own check names the key later)."""
+    model = OmegaConf.to_container(dcfg.model, resolve=True)
+    try:
+        return Architecture(**{f.name: model[f.name] for f in dataclasses.fields(Architecture) if f.name in model}).unused_fields
+    except (NetworkError, TypeError, ValueError):
+        return ()
 
 
 def columns(dcfg: DictConfig, overrides: list[Override], choices: dict[str, str] | None = None) -> dict[str, Any]:

@@ -6,20 +6,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from cntk import Architecture
 
-from experiments.harness.config import Config
+from experiments.harness.config import Config, ConfigError
 
 Rows = list[dict[str, Any]]
 log = logging.getLogger("experiments")
-
-
-def hidden_weights(arch: Architecture, width: int) -> int:
-    """Weights of the net's m x m hidden layers, (L - 1) q^2 m^2 (q = 1 for fc): what its cost grows with."""
-    q2 = arch.filter_size**2 if arch.family == "cnn" else 1
-    return (arch.n_act_layers - 1) * q2 * width * width
 
 
 def architectures(cfg: Config) -> list[tuple[str, int, Architecture]]:
@@ -29,31 +24,38 @@ def architectures(cfg: Config) -> list[tuple[str, int, Architecture]]:
     for readout in cfg.experiment.readouts:
         for depth in cfg.experiment.depths:
             arch = cfg.model.architecture(readout=readout, depth=depth)
-            out.append(("none" if arch.family == "fc" else readout, depth, arch))
+            out.append((arch.readout_label, depth, arch))
     return out
 
 
 def run(cfg: Config, prepare: Callable[[Architecture], tuple[Any, Rows]],
-        measure: Callable[[Any, Architecture, int, int], dict | Rows], *, prepare_steps: int = 0) -> Rows:
+        measure: Callable[[Any, Architecture, int, int], dict | Rows], *, input_shape: tuple[int, ...],
+        prepare_steps: int = 0) -> Rows:
     """For every architecture: ``ctx, rows = prepare(arch)`` (e.g. the exact kernel, and rows that
     belong to the architecture alone); then for every width and seed ``measure(ctx, arch, width,
-    seed)`` -> a row or a list of rows.  Every row gets family, readout, depth (and width and seed
-    for the measured ones).  ``prepare_steps``: progress-bar units one prepare call counts for.
-    Widths whose net exceeds ``experiment.max_weights`` (``hidden_weights``) are skipped, with a log line."""
+    seed)`` -> a row or a list of rows.  Every row gets family, readout, depth, net (the architecture's
+    label; and width and seed for the measured ones).  ``prepare_steps``: progress-bar units one
+    prepare call counts for.  Widths whose net on ``input_shape`` (one image, as the data has it)
+    holds more hidden weights than ``experiment.max_weights`` (``Architecture.hidden_weights``) are
+    skipped, with a log line."""
     e = cfg.experiment
     archs = architectures(cfg)
     rows: Rows = []
     total = len(archs) * (prepare_steps + len(e.widths) * len(e.seeds))
     with tqdm(total=total, desc=e.name, disable=not cfg.progress) as bar:
         for readout, depth, arch in archs:
-            where = {"family": arch.family, "readout": readout, "depth": depth}
+            where = {"family": arch.family, "readout": readout, "depth": depth, "net": arch.name}
+            shape = tuple(arch.inputs(torch.zeros(1, *input_shape)).shape[1:])
+            if err := arch.input_shape_error(shape):  # before any work, naming the key
+                raise ConfigError(f"model.family: {err} (the data's inputs)")
             ctx, own = prepare(arch)
             rows += [{**where, **r} for r in own]
             bar.update(prepare_steps)
             for width in e.widths:
-                if e.max_weights and hidden_weights(arch, width) > e.max_weights:
-                    log.info("skipped %s depth %d width %d: %d hidden weights > experiment.max_weights=%d", readout,
-                             depth, width, hidden_weights(arch, width), e.max_weights)
+                weights = arch.hidden_weights(shape, width)
+                if e.max_weights and weights > e.max_weights:
+                    log.info("skipped %s width %d: %d hidden weights > experiment.max_weights=%d", arch.name, width,
+                             weights, e.max_weights)
                     bar.update(len(e.seeds))
                     continue
                 for seed in e.seeds:
