@@ -30,7 +30,7 @@ from cntk.store.tiles import TileStore
 
 from experiments.harness import stats
 from experiments.harness.common import save_figure, style
-from experiments.harness.config import Config as RunConfig, check
+from experiments.harness.config import Config as RunConfig, ConfigError, check
 from experiments.harness.data import Dataset
 from .gram import StoreConfig, store_path
 from experiments.harness.results import write_atomic
@@ -72,8 +72,13 @@ class Config(StoreConfig):
 def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:
     g = cfg.experiment
     root = store_path(cfg)
+    if len(data.x_test) == 0:
+        raise ConfigError("data.n_test: solve reports test accuracy and needs test images (got 0); make the store "
+                          "with data.n_test > 0")
     train, test = TileStore.load(root / "train"), TileStore.load(root / "test_train")
     arch = cfg.model.architecture()
+    for store in (train, test):
+        store.check_matrix(arch, g.kind, dtype)
     xtr = arch.inputs(data.x_train.to(dtype))
     xte = arch.inputs(data.x_test.to(dtype))
     ids = data.identity("train"), data.identity("test")

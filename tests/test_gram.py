@@ -281,3 +281,50 @@ def test_default_store_path_names_the_matrix(model, slug):
     assert store_path(cfg) == Path("stores") / f"digits-{slug}-40x16-ntk-float64"
     cfg["data"]["seed"] = 2
     assert store_path(cfg) == Path("stores") / f"digits-{slug}-40x16-ntk-float64-seed2"
+
+
+def test_a_store_names_every_field_in_which_it_holds_another_kernel(tmp_path):
+    import torch
+
+    from cntk.store.tiles import TileStore
+
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    store = TileStore.open(tmp_path / "s", x, None, cntk.Architecture(depth=3), "ntk", tile=2)
+    store.check_matrix(cntk.Architecture(depth=3), "ntk", torch.float64)  # the same kernel: no error
+    cases = [((cntk.Architecture(depth=3, activation="erf"), "ntk", torch.float64), "arch.activation: stored 'relu', asked 'erf'"),
+             ((cntk.Architecture(depth=6), "ntk", torch.float64), "arch.depth: stored 3, asked 6"),
+             ((cntk.Architecture(depth=3, readout="flatten"), "ntk", torch.float64), "arch.readout: stored 'gap', asked 'flatten'"),
+             ((cntk.Architecture(family="myrtle", depth=5), "ntk", torch.float64), "arch.family: stored 'cnn', asked 'myrtle'"),
+             ((cntk.Architecture(depth=3), "nngp", torch.float64), "kind: stored 'ntk', asked 'nngp'"),
+             ((cntk.Architecture(depth=3), "ntk", torch.float32), "dtype: stored 'float64', asked 'float32'")]
+    for args, says in cases:
+        with pytest.raises(ValueError, match="holds another kernel") as err:
+            store.check_matrix(*args)
+        assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_solve_refuses_a_store_of_another_kernel(tmp_path):
+    """A store made for one network, kind and dtype is never read as another's: refused in one line
+    naming the field and its two values, before any solve."""
+    store = tmp_path / "store"
+    small = ["data.n_train=8", "data.n_test=4", "threads=1"]
+    run_py("experiment=gram", *small, "experiment.tile=4", f"experiment.store={store}", f"hydra.run.dir={tmp_path / 'g'}",
+           cwd=tmp_path)
+    cases = {"model.activation=erf": "arch.activation: stored 'relu', asked 'erf'",
+             "dtype=float32": "dtype: stored 'float64', asked 'float32'"}
+    for k, (override, says) in enumerate(cases.items()):
+        proc = run_py("experiment=solve", *small, f"experiment.store={store}", override,
+                      f"hydra.run.dir={tmp_path / f's{k}'}", cwd=tmp_path, check=False)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode != 0 and "holds another kernel" in last and says in last, (override, last)
+        assert not (tmp_path / f"s{k}" / "results.json").exists()
+
+
+def test_solve_without_test_images_says_so(tmp_path):
+    store = tmp_path / "store"
+    small = ["data.n_train=8", "data.n_test=0", "threads=1"]
+    run_py("experiment=gram", *small, "experiment.tile=4", f"experiment.store={store}", f"hydra.run.dir={tmp_path / 'g'}",
+           cwd=tmp_path)
+    proc = run_py("experiment=solve", *small, f"experiment.store={store}", f"hydra.run.dir={tmp_path / 's'}",
+                  cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "needs test images" in proc.stderr.strip().splitlines()[-1]

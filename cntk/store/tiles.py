@@ -82,6 +82,20 @@ class StoreMeta:
         return [(i, j) for i in range(gi) for j in range(gj) if not (self.symmetric and j < i)]
 
 
+def _differences(have, want) -> str:
+    """'field: stored X, asked Y' for every field (arch fields one by one) where two metas differ."""
+    a = have if isinstance(have, dict) else asdict(have)
+    b = want if isinstance(want, dict) else asdict(want)
+    out = []
+    for k in a.keys() | b.keys():
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += [f"{k}.{f}: stored {a[k].get(f)!r}, asked {b[k].get(f)!r}"
+                    for f in sorted(a[k].keys() | b[k].keys()) if a[k].get(f) != b[k].get(f)]
+        elif a.get(k) != b.get(k):
+            out.append(f"{k}: stored {a.get(k)!r}, asked {b.get(k)!r}")
+    return "; ".join(sorted(out))
+
+
 def _fingerprints(rows: torch.Tensor, cols: torch.Tensor | None, identity: tuple[dict, dict | None] | None) -> dict:
     ids = identity or (None, None)
     return {"rows_sha256": fingerprint(rows, ids[0]),
@@ -114,9 +128,8 @@ class TileStore:
         if meta_path.exists():
             old = _read_meta(path)
             if old != meta:
-                diff = [k for k in asdict(meta) if asdict(meta)[k] != asdict(old)[k]]
-                raise ValueError(f"{path} holds a different matrix (differs in {', '.join(diff)}): "
-                                 "use another store path or delete it")
+                raise ValueError(f"{path} holds a different matrix ({_differences(old, meta)}): "
+                                 "use another store path for this one")
         else:
             (path / "tiles").mkdir(parents=True, exist_ok=True)
             write_atomic(meta_path, json.dumps(asdict(meta), indent=1).encode())
@@ -206,6 +219,15 @@ class TileStore:
             entries += h * (h + 1) // 2 if self.meta.symmetric and i == j else h * w
             timed += 1
         return {"entries": entries, "seconds": seconds, "timed_tiles": timed, "tiles": len(tiles)}
+
+    def check_matrix(self, arch: Architecture, kind: str, dtype: torch.dtype | str) -> None:
+        """Raise (one line, naming each differing field and its two values) unless this store holds
+        the kernel of ``arch``, ``kind`` and ``dtype``: a store is never read as another kernel."""
+        want = {"arch": asdict(arch), "kind": kind, "dtype": str(dtype).replace("torch.", "")}
+        have = {"arch": self.meta.arch, "kind": self.meta.kind, "dtype": self.meta.dtype}
+        if want != have:
+            raise ValueError(f"{self.path} holds another kernel ({_differences(have, want)}): solve with the store's "
+                             "settings, or compute this kernel with experiment=gram into its own store")
 
     def check_inputs(self, rows: torch.Tensor, cols: torch.Tensor | None,
                      identity: tuple[dict, dict | None] | None = None) -> None:
