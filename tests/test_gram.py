@@ -189,15 +189,45 @@ def test_unwritable_or_corrupt_stores_are_one_line(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(tmp_path / "store" / "train" / "tiles" / "r0_c0.npy"))
 
     monkeypatch.setattr(TileStore, "write_tile", denied)
-    with pytest.raises(ConfigError, match=r"^experiment.store: cannot write to .*r0_c0.npy \(Permission denied\): set "
-                                          r"experiment.store=DIR to a writable folder$"):
+    with pytest.raises(ConfigError, match=r"^experiment.store: cannot write to .*r0_c0.npy \(Permission denied\): free "
+                                          r"space or fix the permissions and rerun the same command \(finished tiles "
+                                          r"are kept\)"):
         execute(cfg, tmp_path / "run", task_overrides=overrides)
     monkeypatch.undo()
-    meta = tmp_path / "store" / "train" / "meta.json"
-    meta.write_text(meta.read_text()[:40])  # truncated
-    proc = run_py(*overrides, f"hydra.run.dir={tmp_path / 'r2'}", cwd=tmp_path, check=False)
-    last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 2 and "meta.json is unreadable" in last and str(tmp_path / "store") in last
+
+
+def test_damaged_meta_json_costs_no_finished_tile(tmp_path):
+    """A truncated meta.json is restored from its copy; with both lost, the next gram run rewrites them
+    from its settings and keeps exactly the tiles written for those settings (each checksum file
+    names its matrix); gram_status says so in one line meanwhile."""
+    from experiments.harness import gram_status
+
+    store = tmp_path / "store"
+    small = ["data.n_train=8", "data.n_test=4", "threads=1"]
+    run_py("experiment=gram", *small, "experiment.tile=4", f"experiment.store={store}", f"hydra.run.dir={tmp_path / 'a'}",
+           cwd=tmp_path)
+    train = TileStore.load(store / "train")
+    done = train.status()["done"]
+    sums = {ij: train.checksum(*ij) for ij in done}
+    meta = store / "train" / "meta.json"
+    meta.write_text(meta.read_text()[:40])  # truncated: the copy serves and restores it
+    assert TileStore.load(store / "train").status()["done"] == done and meta.read_text().endswith("}")
+    for f in (meta, store / "train" / "meta.copy.json"):
+        f.write_text(f.read_text()[:40])
+    assert gram_status.main([str(store)]) == 2  # one line on stderr, no traceback
+    run_py("experiment=gram", *small, "experiment.tile=4", f"experiment.store={store}", f"hydra.run.dir={tmp_path / 'b'}",
+           cwd=tmp_path)
+    again = TileStore.load(store / "train")
+    assert again.status()["done"] == done and {ij: again.checksum(*ij) for ij in done} == sums  # none recomputed
+    # a tile written for another matrix is never counted for this one
+    for part in ("train", "test_train"):
+        (store / part / "meta.copy.json").unlink()
+        (store / part / "meta.json").write_text("{")
+    run_py("experiment=gram", *small, "experiment.tile=4", "experiment.kind=nngp", f"experiment.store={store}",
+           f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
+    nngp = TileStore.load(store / "train")
+    assert nngp.meta.kind == "nngp" and nngp.status()["done"] == done
+    assert all(nngp.checksum(*ij) != sums[ij] for ij in done)  # every tile recomputed as the NNGP
 
 
 def test_solve_without_a_store_says_what_to_do(tmp_path):

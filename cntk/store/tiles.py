@@ -7,7 +7,11 @@ Layout of a store folder:
                             indices, preprocessing and raw bytes: experiments/harness/data.py), so that
                             the last bits of a preprocessing never matter; else of their bytes
     tiles/r{I}_c{J}.npy     one tile, rows I*T.., columns J*T.. (numpy .npy)
-    tiles/r{I}_c{J}.sha256  its checksum, written after the tile
+    meta.copy.json          a second copy of meta.json: a damaged meta.json is restored from it
+    tiles/r{I}_c{J}.sha256  its checksum, written after the tile, and the digest of the meta.json it
+                            belongs to (a tile is never counted for another matrix; if both meta
+                            files are lost, the next gram run rewrites them from its settings and
+                            keeps exactly the tiles written for those settings)
     tiles/r{I}_c{J}.seconds its compute time (for the cost of a kernel; not part of its identity)
 
 Both files are written atomically (temporary file + rename), so a killed job leaves at most a
@@ -50,14 +54,46 @@ def fingerprint(x: torch.Tensor, identity: dict | None = None) -> str:
     return h.hexdigest()
 
 
+class MetaUnreadable(ValueError):
+    """meta.json and its copy are both unreadable."""
+
+
+def _parse_meta(meta_path: Path) -> "StoreMeta":
+    return StoreMeta(**json.loads(meta_path.read_text()))
+
+
 def _read_meta(path: Path) -> "StoreMeta":
+    """meta.json, or its copy when meta.json is damaged (then meta.json is restored from the copy)."""
     meta_path = path / "meta.json"
     try:
-        return StoreMeta(**json.loads(meta_path.read_text()))
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{meta_path} is unreadable (truncated or corrupt: {str(err).splitlines()[0]}): "
-                         f"delete the store folder {path.parent if path.name in ('train', 'test_train') else path} "
-                         "and rerun experiment=gram") from None
+        return _parse_meta(meta_path)
+    except (OSError, json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+        first = str(err).splitlines()[0]
+    try:
+        meta = _parse_meta(path / "meta.copy.json")
+    except (OSError, json.JSONDecodeError, TypeError, UnicodeDecodeError):
+        raise MetaUnreadable(f"{meta_path} is unreadable (truncated or corrupt: {first}) and has no readable copy: "
+                             "rerun the same experiment=gram command, which rewrites it from its settings and keeps "
+                             "every finished tile of exactly those settings") from None
+    try:
+        write_atomic(meta_path, _meta_bytes(meta))
+    except OSError:
+        pass  # read-only store: the copy serves
+    return meta
+
+
+def _meta_bytes(meta: "StoreMeta") -> bytes:
+    return json.dumps(asdict(meta), indent=1).encode()
+
+
+def _write_meta(path: Path, meta: "StoreMeta") -> None:
+    write_atomic(path / "meta.json", _meta_bytes(meta))
+    write_atomic(path / "meta.copy.json", _meta_bytes(meta))
+
+
+def _digest(meta: "StoreMeta") -> str:
+    """What a tile's checksum file records of the matrix it belongs to."""
+    return hashlib.sha256(json.dumps(asdict(meta), sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -108,6 +144,24 @@ class TileStore:
 
     def __init__(self, path: str | Path, meta: StoreMeta):
         self.path, self.meta = Path(path), meta
+        self.digest = _digest(meta)
+
+    def _check(self, check: Path) -> tuple[str, str | None]:
+        """(tile sha256, the digest of the matrix it was written for, or None in older stores)."""
+        lines = check.read_text().split()
+        return (lines[0] if lines else ""), (lines[1] if len(lines) > 1 else None)
+
+    def _vouches(self, check: Path, raw: bytes) -> bool:
+        """Whether the checksum file vouches for these bytes as a tile of this matrix."""
+        sha, digest = self._check(check)
+        return hashlib.sha256(raw).hexdigest() == sha and digest in (None, self.digest)
+
+    def _forget_unattributed(self) -> None:
+        """After meta.json was rebuilt: checksums that name no matrix cannot be attributed: dropped
+        (their tiles count as missing and are recomputed)."""
+        for check in (self.path / "tiles").glob("*.sha256"):
+            if self._check(check)[1] is None:
+                check.unlink(missing_ok=True)
 
     # -- creation -----------------------------------------------------------------------------
     @classmethod
@@ -125,20 +179,28 @@ class TileStore:
         )
         path = Path(path)
         meta_path = path / "meta.json"
-        if meta_path.exists():
-            old = _read_meta(path)
+        if meta_path.exists() or (path / "meta.copy.json").exists():
+            try:
+                old = _read_meta(path)
+            except MetaUnreadable:  # rebuilt from these settings: only tiles written for them count
+                _write_meta(path, meta)
+                store = cls(path, meta)
+                store._forget_unattributed()
+                return store
             if old != meta:
                 raise ValueError(f"{path} holds a different matrix ({_differences(old, meta)}): "
                                  "use another store path for this one")
+            if not (path / "meta.copy.json").exists():
+                write_atomic(path / "meta.copy.json", _meta_bytes(meta))  # stores made before the copy
         else:
             (path / "tiles").mkdir(parents=True, exist_ok=True)
-            write_atomic(meta_path, json.dumps(asdict(meta), indent=1).encode())
+            _write_meta(path, meta)
         return cls(path, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "TileStore":
         meta_path = Path(path) / "meta.json"
-        if not meta_path.exists():
+        if not meta_path.exists() and not (Path(path) / "meta.copy.json").exists():
             raise FileNotFoundError(f"{path} is not a tile store (no meta.json): run experiment=gram first")
         return cls(path, _read_meta(Path(path)))
 
@@ -156,12 +218,12 @@ class TileStore:
         data, check = self._files(i, j)
         if not data.exists() or not check.exists():
             return "missing"
-        return "done" if hashlib.sha256(data.read_bytes()).hexdigest() == check.read_text().strip() else "failed"
+        return "done" if self._vouches(check, data.read_bytes()) else "failed"
 
     def checksum(self, i: int, j: int) -> str:
         """The sha256 recorded for tile (i, j) ('' when it has none)."""
         check = self._files(i, j)[1]
-        return check.read_text().strip() if check.exists() else ""
+        return self._check(check)[0] if check.exists() else ""
 
     def status(self) -> dict[str, list[tuple[int, int]]]:
         out: dict[str, list[tuple[int, int]]] = {"done": [], "missing": [], "failed": []}
@@ -173,7 +235,7 @@ class TileStore:
         """Tile (i, j); with verify, its checksum is checked first (raises if missing or corrupt)."""
         data, check = self._files(i, j)
         raw = data.read_bytes() if data.exists() else b""
-        if verify and (not check.exists() or hashlib.sha256(raw).hexdigest() != check.read_text().strip()):
+        if verify and (not check.exists() or not self._vouches(check, raw)):
             raise ValueError(f"tile ({i}, {j}) of {self.path} is missing or corrupt: rerun experiment=gram to recompute it")
         return np.load(io.BytesIO(raw))
 
@@ -186,7 +248,7 @@ class TileStore:
         raw = buf.getvalue()
         check.unlink(missing_ok=True)  # never a checksum that vouches for older bytes
         write_atomic(data, raw)
-        write_atomic(check, (hashlib.sha256(raw).hexdigest() + "\n").encode())
+        write_atomic(check, f"{hashlib.sha256(raw).hexdigest()}\n{self.digest}\n".encode())
 
     def compute_tile(self, i: int, j: int, rows: torch.Tensor, cols: torch.Tensor | None, **kernel_options) -> str:
         """Compute tile (i, j) unless it is done; returns its state before ('done', 'missing', 'failed')."""
@@ -272,7 +334,7 @@ class TileStore:
                 bad["missing"] += 1
                 continue
             raw = data.read_bytes()  # read and verified once
-            if hashlib.sha256(raw).hexdigest() != check.read_text().strip():
+            if not self._vouches(check, raw):
                 bad["failed"] += 1
                 continue
             rs, cs = self._bounds(i, j)

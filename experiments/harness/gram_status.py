@@ -13,7 +13,8 @@ from cntk.store.tiles import TileStore
 
 def report(root: str | Path) -> dict[str, dict[str, int]]:
     root = Path(root)
-    parts = [p for p in (root / "train", root / "test_train") if (p / "meta.json").exists()]
+    parts = [p for p in (root / "train", root / "test_train")
+             if (p / "meta.json").exists() or (p / "meta.copy.json").exists()]
     if not parts:
         raise FileNotFoundError(f"{root} holds no tile store: run `python run.py experiment=gram` first")
     out = {}
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         rep = report(args.store)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # no store, or an unreadable meta.json (and copy)
         print(f"error: {err}", file=sys.stderr)
         return 2
     complete = True
