@@ -108,9 +108,16 @@ def open_stores(cfg: RunConfig, data: Dataset, dtype: torch.dtype):
             np.savez(buf, y_train=data.y_train.numpy(), y_test=data.y_test.numpy())
             write_atomic(labels, buf.getvalue())
     except OSError as err:
-        raise ConfigError(f"experiment.store: cannot write to {err.filename or root} ({err.strerror or err}): set "
-                          "experiment.store=DIR to a writable folder") from None
+        raise ConfigError(_unwritable(err, root)) from None
     return train, test, xtr, xte
+
+
+def _unwritable(err: OSError, where: Path) -> str:
+    """One line for a store that cannot be written (full disk, permissions): advice that keeps the
+    finished tiles (they stay valid wherever the folder goes)."""
+    return (f"experiment.store: cannot write to {err.filename or where} ({err.strerror or err}): free space or fix "
+            "the permissions and rerun the same command (finished tiles are kept), or move the store folder to "
+            "another disk and set experiment.store to its new path")
 
 
 def tiles_done(root: str | Path) -> int:
@@ -141,8 +148,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
             try:
                 before = store.compute_tile(i, j, r, c, device=device, backend=g.backend)
             except OSError as err:
-                raise ConfigError(f"experiment.store: cannot write to {err.filename or store.path} "
-                                  f"({err.strerror or err}): set experiment.store=DIR to a writable folder") from None
+                raise ConfigError(_unwritable(err, store.path)) from None
             seconds = time.perf_counter() - t0
             rs, cs = store.bounds(i, j)
             n = (rs.stop - rs.start) * (cs.stop - cs.start)
