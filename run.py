@@ -8,13 +8,17 @@
 Every run writes results.csv / results.json (config, overrides, git commit, versions, device, wall
 time), figures (PNG and PDF), summary.csv, job.json (how it ended) and run.log into its Hydra
 output folder.  Bad input ends with one line on stderr and exit status 2; Ctrl-C with one line and
-exit status 130.  In a sweep a failing job is recorded (job.json, run.log, the sweep's jobs.csv)
-and the other jobs go on; the sweep is aggregated at the end whatever failed.
+exit status 130; SIGTERM (a scheduler's time limit) like Ctrl-C, with job.json status 'terminated'
+and exit status 143.  In a sweep a failing job is recorded (job.json, run.log, the sweep's jobs.csv)
+and the other jobs go on; the sweep is aggregated at the end whatever failed, and then exits with
+status 1 and a last line "N of M jobs failed: see .../jobs.csv; exit status 1" when any job did not
+end 'ok' (or the aggregation failed).
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -25,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.harness import aggregate
 from experiments.harness.config import register
-from experiments.harness.runner import Interrupted, execute, one_line, write_status
+from experiments.harness.runner import (Interrupted, ending_word, execute, install_process_handlers, job_signals,
+                                        one_line, terminated, write_status)
 
 register()
 log = logging.getLogger("experiments")
@@ -48,12 +53,18 @@ def main(cfg: DictConfig) -> None:
     out, task = hc.runtime.output_dir, list(hc.overrides.task)
     multirun = hc.mode == RunMode.MULTIRUN
     t0 = time.perf_counter()
+    with job_signals():  # SIGTERM like Ctrl-C also in a launcher's job process (joblib worker, submitit task)
+        _job(cfg, hc, out, task, multirun, t0)
+
+
+def _job(cfg: DictConfig, hc: DictConfig, out: str, task: list[str], multirun: bool, t0: float) -> None:
     try:
         execute(cfg, out, job_num=OmegaConf.select(hc, "job.num", default=0) or 0, task_overrides=task,
                 choices={k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
                 launcher=OmegaConf.to_container(hc.launcher, resolve=True))
-    except KeyboardInterrupt as err:
-        write_status(out, "interrupted", task, time.perf_counter() - t0, str(err))
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (status 'terminated')
+        note = str(err) if isinstance(err, Interrupted) else f"SIG{'TERM' if terminated() else 'INT'}"
+        write_status(out, ending_word(), task, time.perf_counter() - t0, note)
         raise
     except Exception as err:
         message = one_line(err)
@@ -91,28 +102,42 @@ def _hydra_message(err: BaseException) -> str:
     return " ".join(lines)
 
 
-def cli() -> int:
+def _run() -> tuple[int, str]:
+    """(exit status, last line) of main()."""
     try:
         main()
         if FAILURE:
             raise FAILURE[0]
-    except Interrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"interrupted: {aggregate.interrupt_note(aggregate.SWEEP['dir'])}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (runner's handlers)
+        note = str(err) if isinstance(err, Interrupted) else aggregate.interrupt_note(aggregate.SWEEP["dir"])
+        return (143, f"terminated: {note}") if terminated() else (130, f"interrupted: {note}")
     except Exception as err:
         if USER_WANTS_TRACEBACK:
             raise
         hydra_error = type(err).__module__.startswith(("hydra", "omegaconf"))
-        print(f"error: {_hydra_message(err) if hydra_error else one_line(err)} (CNTK_TRACEBACK=1 shows the traceback)",
-              file=sys.stderr)
-        return 2
+        return 2, f"error: {_hydra_message(err) if hydra_error else one_line(err)} (CNTK_TRACEBACK=1 shows the traceback)"
+    return 0, ""
+
+
+def cli() -> int:
+    install_process_handlers()
+    code, line = 2, ""
+    try:
+        code, line = _run()
     finally:
-        if aggregate.SWEEP["dir"] and not aggregate.SWEEP["aggregated"]:  # the launcher itself broke
-            aggregate.run_end_of_sweep(aggregate.SWEEP["dir"])
-    return 0
+        if code in (130, 143):  # ending: a second SIGTERM must not cut the aggregation short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if aggregate.SWEEP["dir"] and not aggregate.SWEEP["aggregated"]:  # interrupted, or the launcher itself broke
+            try:
+                aggregate.run_end_of_sweep(aggregate.SWEEP["dir"])
+            except KeyboardInterrupt:
+                line = f"{line}; aggregation interrupted" if line else "interrupted during aggregation"
+                code = code or 130
+    if code == 0:
+        code, line = aggregate.sweep_verdict()  # a sweep whose jobs failed: 1, after aggregating the others
+    if line:
+        print(line, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ compile (their ``supports``), so nothing is ever silently computed as another.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -23,11 +23,21 @@ from .arccos import relu_step
 from .errors import NetworkError
 
 
+def _check_real(name: str, value: object) -> None:
+    """NetworkError (one line, naming the parameter) unless ``value`` is a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise NetworkError(name, f"{name} must be a finite real number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Activation:
     """An elementwise nonlinearity with closed-form kernels."""
 
     NAME: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # every parameter of a closed form is a finite real number
+            _check_real(f"{type(self).__name__}.{f.name}", getattr(self, f.name))
 
     def pair(self, cov: torch.Tensor, std_x: torch.Tensor, std_y: torch.Tensor, scale: float,
              exact: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,4 +199,8 @@ def activation(name: str, **params: float) -> Activation:
     """The activation called ``name`` ("relu", "abrelu" with a, b; "erf"; "gelu"; "sin" with a, b, c)."""
     if name not in ACTIVATIONS:
         raise NetworkError("activation", f"unknown activation {name!r}: use one of {sorted(ACTIVATIONS)}")
+    unknown = sorted(set(params) - {f.name for f in fields(ACTIVATIONS[name])})
+    if unknown:
+        raise NetworkError("activation", f"activation {name!r} takes no parameter(s) {unknown}: it takes "
+                                         f"{[f.name for f in fields(ACTIVATIONS[name])] or 'none'}")
     return ACTIVATIONS[name](**params)

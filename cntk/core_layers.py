@@ -172,7 +172,13 @@ def _check_var(layer) -> None:
     for name in ("w_var", "b_var"):
         v = getattr(layer, name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0)):
-            raise NetworkError(name, f"{name} must be a finite number > 0 or None, got {v!r}")
+            raise NetworkError(name, f"{type(layer).__name__} {name} must be a finite number > 0 or None, got {v!r}")
+
+
+def _check_flag(layer, name: str = "trainable") -> None:
+    v = getattr(layer, name)
+    if not isinstance(v, bool):
+        raise NetworkError(name, f"{type(layer).__name__} {name} must be True or False, got {v!r}")
 
 
 def _describe_vars(layer) -> str:
@@ -245,8 +251,12 @@ class Conv(Layer):
 
     def __post_init__(self) -> None:
         if not isinstance(self.q, int) or isinstance(self.q, bool) or self.q < 1 or self.q % 2 == 0:
-            raise NetworkError("filter_size", f"filter_size must be a positive odd integer, got {self.q!r}")
+            raise NetworkError("filter_size", f"Conv q (filter_size) must be a positive odd integer, got {self.q!r}")
         _check_var(self)
+        _check_flag(self)
+        c = self.channels
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise NetworkError("channels", f"Conv channels must be a positive integer or None (the net's width), got {c!r}")
 
     def out_shape(self, s: Shape) -> Shape:
         if not s.image:
@@ -311,6 +321,7 @@ class Dense(Layer):
 
     def __post_init__(self) -> None:
         _check_var(self)
+        _check_flag(self)
 
     def out_shape(self, s):
         if s.image:
@@ -359,6 +370,14 @@ class Act(Layer):
 
     KIND: ClassVar[str] = "activation"
     fn: Activation = field(default_factory=ReLU)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.fn, Activation):
+            hint = (f": use Act(cntk.activations.activation({self.fn!r}))" if isinstance(self.fn, str) else
+                    f": use Act({self.fn.__name__}())" if isinstance(self.fn, type) and issubclass(self.fn, Activation)
+                    else "")
+            raise NetworkError("activation", f"Act fn must be an activation of cntk.activations (e.g. ReLU()), "
+                                             f"got {self.fn!r}{hint}")
 
     def apply(self, params, a, s, parameterisation="ntk"):
         return self.fn.finite(a)

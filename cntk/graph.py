@@ -9,6 +9,7 @@ nngp, ntk and the self variances add (as neural-tangents does).  A Parallel's pa
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -62,7 +63,7 @@ class FanOut(Layer):
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
-            raise NetworkError("layers", f"FanOut needs a positive integer count, got {self.n!r}")
+            raise NetworkError("layers", f"FanOut n (the number of branches) must be a positive integer, got {self.n!r}")
 
     def out_shape(self, s, width=1):
         if isinstance(s, tuple):
@@ -89,8 +90,14 @@ class Parallel(Layer):
 
     def __init__(self, *branches) -> None:
         bs = tuple(tuple(b) if isinstance(b, (list, tuple)) else (b,) for b in branches)
-        if not bs or not all(isinstance(l, Layer) for b in bs for l in b):
-            raise NetworkError("layers", "Parallel takes branches, each a sequence of layers")
+        if not bs or not all(b for b in bs):
+            raise NetworkError("layers", "Parallel takes branches, each a non-empty sequence of layers (Identity() "
+                                         "for a skip)")
+        for i, b in enumerate(bs):
+            for j, l in enumerate(b):
+                if not isinstance(l, Layer):
+                    raise NetworkError("layers", f"Parallel branch {i}, layer {j} is {l!r} ({type(l).__name__}), not a "
+                                                 "layer of cntk.layers")
         object.__setattr__(self, "branches", bs)
 
     def branch_shapes(self, s, width: int = 1) -> list[list]:
@@ -184,6 +191,11 @@ class LayerNorm(Layer):
 
     KIND: ClassVar[str] = "norm"
     eps: float = 1e-12
+
+    def __post_init__(self) -> None:
+        e = self.eps
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not (math.isfinite(e) and e > 0):
+            raise NetworkError("eps", f"LayerNorm eps must be a finite number > 0, got {e!r}")
 
     def apply(self, params, a, s, parameterisation="ntk"):
         mean = a.mean(1, keepdim=True)

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .activations import Activation
 from .errors import NetworkError
 from .graph import FanInSum, FanOut, Identity, LayerNorm, Parallel, resolve
 from .core_layers import Act, Conv, Dense, Layer, Shape
@@ -79,6 +80,18 @@ class Network:
     name: str = ""
 
     def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if not isinstance(self.layers, tuple):
+            raise NetworkError("layers", f"Network layers must be a tuple or list of layers, got "
+                                         f"{type(self.layers).__name__}")
+        for i, l in enumerate(self.layers):
+            if not isinstance(l, Layer):
+                hint = " (an activation: wrap it as Act(...))" if isinstance(l, Activation) else ""
+                raise NetworkError("layers", f"Network layer {i} is {l!r} ({type(l).__name__}), not a layer of "
+                                             f"cntk.layers{hint}")
+        if not isinstance(self.name, str):
+            raise NetworkError("name", f"Network name must be a string, got {self.name!r}")
         if not self.layers or not isinstance(self.layers[-1], Dense):
             raise NetworkError("layers", "a network ends with its Dense readout")
         if not isinstance(self.layers[0], (Conv, Dense)):

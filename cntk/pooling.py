@@ -26,7 +26,7 @@ class AvgPool(Layer):
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
-            raise NetworkError("pool", f"AvgPool size must be a positive integer, got {self.k!r}")
+            raise NetworkError("pool", f"AvgPool k (the pool size) must be a positive integer, got {self.k!r}")
 
     def out_shape(self, s):
         if not s.image or s.height % self.k or s.width % self.k:

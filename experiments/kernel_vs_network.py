@@ -37,7 +37,7 @@ from cntk.errors import NetworkError
 
 from experiments.harness import stats, sweep
 from experiments.harness.common import common, row_name, save_figure, style
-from experiments.harness.config import Config as RunConfig, ConfigError, GridExperiment, ModelConfig, check
+from experiments.harness.config import Config as RunConfig, ConfigError, GridExperiment, ModelConfig, Needs, check
 from experiments.harness.data import Dataset
 from experiments.harness.results import write_atomic
 
@@ -49,6 +49,16 @@ ROUTES = ("centred", "small_kappa")
 class Config(GridExperiment):
     NAME: ClassVar[str] = "kernel_vs_network"
     USES_VALIDATION: ClassVar[bool] = True
+    _NTK: ClassVar[Needs] = Needs("parameterisations", idle=("standard",), use="ntk",
+                                  why="only the ntk-parameterised nets read it")
+    DEPENDS: ClassVar[dict[str, Needs | tuple[Needs, ...]]] = {
+        "ntk_routes": _NTK,
+        "ntk_lr_fractions": _NTK,
+        "small_kappa": (_NTK, Needs("ntk_routes", idle=("centred",), use="small_kappa",
+                                    why="only the small_kappa route of the ntk nets reads it")),
+        "standard_lrs": Needs("parameterisations", idle=("ntk",), use="standard",
+                              why="only the standard-parameterised nets read it"),
+    }
     name: str = "kernel_vs_network"
     parameterisations: list[str] = field(default_factory=lambda: list(PARAMETERISATIONS))
     epochs: int = 30  # at most: the number of epochs is chosen on the validation split
@@ -98,18 +108,28 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
     if data.x_val is None or len(data.x_val) == 0:
         raise ConfigError("data.n_val: kernel_vs_network chooses learning rate, epochs and kappa on a validation "
                           "split of the training pool: set data.n_val > 0")
+    if len(data.x_test) == 0:  # before any work: the figure is test accuracy
+        raise ConfigError("data.n_test: kernel_vs_network compares test accuracies and needs test images (got 0)")
     y = cntk.paper_targets(data.y_train, data.num_classes)
     sizes = {"n_train": len(data.x_train), "n_val": len(data.x_val), "n_test": len(data.x_test)}
 
+    def refuse_unbuildable():
+        """Every architecture's finite nets built at width 1 (cheap) before any kernel work: a net the
+        finite side cannot build is refused at start, naming the model key."""
+        for _, _, arch in sweep.architectures(cfg):
+            shape = tuple(arch.inputs(data.x_train[:1]).shape[1:])
+            for par in e.parameterisations:
+                try:
+                    finite_nets.build(arch, 1, input_shape=shape, out_dim=data.num_classes, dtype=dtype, device="cpu",
+                                      parameterisation=par)
+                except (NetworkError, ValueError) as err:
+                    key = getattr(err, "field", "family")
+                    key = key if key in ModelConfig.__dataclass_fields__ else "family"
+                    raise ConfigError(f"model.{key}: the {par}-parameterised net of {arch.name} cannot be built: "
+                                      f"{str(err).splitlines()[0]}") from None
+
     def prepare(arch):
         xtr, xva, xte = (arch.inputs(x).to(device=device, dtype=dtype) for x in (data.x_train, data.x_val, data.x_test))
-        for par in e.parameterisations:  # refuse, naming the key, a net that cannot be built, before any work
-            try:
-                make(par, arch, 1, 0, tuple(xtr.shape[1:]), _grid(e, par)[0])
-            except (NetworkError, ValueError) as err:
-                key = getattr(err, "field", "family")
-                key = key if key in ModelConfig.__dataclass_fields__ else "family"
-                raise ConfigError(f"model.{key}: the {par}-parameterised net of {arch.name} cannot be built: {err}") from None
         t0 = time.perf_counter()
         k = cntk.kernel(xtr, None, arch, progress=False)
         kt = cntk.kernel(xte, xtr, arch, progress=False)
@@ -181,6 +201,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
                         "weights": _weights(res.model), "seconds": time.perf_counter() - t0})
         return out
 
+    refuse_unbuildable()
     return sweep.run(cfg, prepare, measure, input_shape=tuple(data.x_train.shape[1:]), prepare_steps=1)
 
 
@@ -238,6 +259,23 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _net_title(row: dict, doc: dict) -> str:
+    """The panel's net named by every model setting of its row (activation, bias, family / preset):
+    ``cntk.Architecture(...).name`` of the row's model columns over the run's config."""
+    model = dict((doc.get("config") or {}).get("model") or {})
+    model.update((row.get("config") or {}).get("model") or {} if isinstance(row.get("config"), dict) else {})
+    model.update({k[len("model."):]: v for k, v in row.items() if k.startswith("model.")})
+    keys = ("fix_first_last", "filter_size", "activation", "abrelu_a", "abrelu_b", "bias_var")
+    fields = {k: model[k] for k in keys if k in model}
+    fields.update(family=row.get("family", model.get("family", "cnn")), depth=int(row["depth"]))
+    if row.get("readout") in ("gap", "flatten"):
+        fields["readout"] = row["readout"]
+    try:
+        return cntk.Architecture(**fields).name
+    except (NetworkError, TypeError, ValueError):
+        return row_name(row)
+
+
 def plot(doc: dict, out_dir: str | Path):
     style()
     import matplotlib.pyplot as plt
@@ -269,12 +307,14 @@ def plot(doc: dict, out_dir: str | Path):
             ax.axhline(100 * kern["accuracy"], color="black", lw=1.2, label=LABELS["kernel"])
             ax.axhspan(100 * kern["acc_lo"], 100 * kern["acc_hi"], color="black", alpha=0.08, lw=0)
         ax.set_xscale("log", base=2)
-        title = sel[0]["net"]
+        title = _net_title(next(r for r in rows if (r.get("setting", ""), r["readout"], r["depth"])
+                                == (setting, readout, depth)), doc)
         ax.set_title(title + (f" [{setting}]" if setting else ""), fontsize=9)
         ax.set_xlabel("width m")
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
-    axes[0, 0].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0, 0].get_legend_handles_labels()  # one legend above the panels: no point hidden
+    fig.legend(handles, labels, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=max(1, len(labels)))
     trained = []
     for method, what in (("ntk_net", "NTK twins (MSE)"), ("standard_net", "standard CNNs (cross-entropy)")):
         nets = [r for r in rows if r["method"] == method]

@@ -66,12 +66,33 @@ class Config(GridExperiment):
         check(self.bootstrap >= 0, "experiment.bootstrap", f"must be >= 0, got {self.bootstrap}")
 
 
+def _refuse_unbuildable(cfg: RunConfig, data: Dataset, dtype: torch.dtype, parameterisations=("ntk",)) -> None:
+    """Build every architecture's finite net at width 1 (cheap) before any kernel work: a net the finite
+    side cannot build is refused at start, naming the model key."""
+    from cntk.errors import NetworkError
+    from experiments.harness.config import ConfigError, ModelConfig
+
+    for _, _, arch in sweep.architectures(cfg):
+        shape = tuple(arch.inputs(torch.zeros(1, *data.x_train.shape[1:])).shape[1:])
+        for par in parameterisations:
+            try:
+                finite_nets.build(arch, 1, input_shape=shape, dtype=dtype, device="cpu", parameterisation=par)
+            except (NetworkError, ValueError) as err:
+                key = getattr(err, "field", "family")
+                key = key if key in ModelConfig.__dataclass_fields__ else "family"
+                raise ConfigError(f"model.{key}: the finite net of {arch.name} ({par} parameterisation) cannot be "
+                                  f"built: {str(err).splitlines()[0]}") from None
+
+
 def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    from experiments.harness.config import ConfigError
+
     e = cfg.experiment
+    if len(data.x_train) < 2:  # before any work: a kernel error needs a Gram matrix of two or more points
+        raise ConfigError(f"data.n_train: ntk_convergence needs at least 2 training images (got {len(data.x_train)})")
+    _refuse_unbuildable(cfg, data, dtype)
     x = data.x_train.to(device=device, dtype=dtype)
     x = x / x.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None, None]
-    if len(x) < 2:
-        raise ValueError("ntk_convergence needs data.n_train >= 2 images")
     const = {"n_points": len(x), "delta": e.delta, "bound_constant": e.bound_constant, "eps": e.eps,
              "bootstrap": e.bootstrap, "max_weights": e.max_weights}
 
@@ -187,7 +208,7 @@ def plot(doc: dict, out_dir: str | Path) -> tuple[list[Path], list[dict]]:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("width m (channels per conv layer, units per fc layer)")
-        ax.legend(fontsize=5.5 if many else 7, loc="lower left", ncol=2 if many else 1)
+        ax.legend(fontsize=5.5 if many else 7, ncol=2 if many else 1, loc="lower center", bbox_to_anchor=(0.5, 1.08), borderaxespad=0.0)  # outside the axes: no point hidden
     axes[0].set_title("Relative error (kernel's own scale)")
     axes[1].set_title("Relative entrywise error")
     axes[2].set_title("Absolute entrywise error and the bound at C = 1")
@@ -254,7 +275,7 @@ def _depth_figure(rows: list[dict], out_dir: str | Path) -> tuple[list[Path], li
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("L = depth - 1 (hidden layers)")
-        ax.legend(fontsize=6.5)
+        ax.legend(fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.08), borderaxespad=0.0)  # outside the axes: no point hidden
     axes[0].set_ylabel(r"$\|\Theta_m - \Theta\|_F / \|\Theta\|_F$ (seed mean)")
     axes[1].set_ylabel(f"width needed for relative error {eps:g}")
     axes[0].set_title("Relative error against depth, at the largest width")

@@ -30,7 +30,7 @@ from cntk.store.tiles import TileStore
 
 from experiments.harness import stats
 from experiments.harness.common import save_figure, style
-from experiments.harness.config import Config as RunConfig, ConfigError, check
+from experiments.harness.config import Config as RunConfig, ConfigError, Needs, check
 from experiments.harness.data import Dataset
 from .gram import StoreConfig, store_path
 from experiments.harness.results import write_atomic
@@ -51,6 +51,17 @@ class Config(StoreConfig):
     NAME: ClassVar[str] = "solve"
     AXES: ClassVar[dict[str, str]] = {**StoreConfig.AXES, "model.fix_first_last": "fix_first_last",
                                       "data.n_train": "n_train", "data.n_test": "n_test"}
+    _CG: ClassVar[Needs] = Needs("solver", idle=("cholesky",), use="cg", why="only the cg solver reads it")
+    _DENSE: ClassVar[Needs] = Needs("solver", idle=("cg",), use="cholesky", why="cross-validation needs K_train in "
+                                    "memory: the cholesky path only")
+    DEPENDS: ClassVar[dict[str, Needs | tuple[Needs, ...]]] = {
+        "cg_tol": _CG,
+        "cg_max_iter": _CG,
+        "max_dense_gb": Needs("solver", idle=("cholesky", "cg"), use="auto",
+                              why="only solver=auto reads it, to choose between cholesky and cg"),
+        "cv_folds": _DENSE,
+        "cv_seed": (_DENSE, Needs("cv_folds", idle=(0,), use=5, why="only cross-validation reads it")),
+    }
     name: str = "solve"
     ridges: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3, 1e-2, 1e-1])  # relative to mean diag K
     solver: str = "auto"  # cholesky | cg | auto (cholesky when K_train fits in max_dense_gb)

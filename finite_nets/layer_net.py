@@ -21,7 +21,8 @@ from torch import nn
 
 from cntk.graph import Parallel
 from cntk.core_layers import Dense, check_parameterisation
-from cntk.network import Network
+from cntk.network import Network, _flat
+from cntk.pooling import Flatten
 from cntk.errors import NetworkError
 
 from finite_nets.checks import check_dtype_device, positive_int
@@ -51,6 +52,10 @@ class LayerNet(nn.Module):
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.net, self.width, self.out_dim, self.output_scale = net, width, out_dim, float(output_scale)
         self.input_shape = tuple(int(v) for v in input_shape)
+        # a net of layers that each take any image size (GAP readout, no Flatten) takes any H, W that its
+        # pooling divides; a Flatten fixes the size it was built for
+        self.any_size = self.input_shape.__len__() == 3 and not any(isinstance(l, Flatten) for l in _flat(net.layers))
+        self._shapes = {self.input_shape: self.shapes}
         gen = torch.Generator().manual_seed(seed)
         self.layer_params = nn.ModuleList()
         last = len(net.layers) - 1
@@ -71,12 +76,30 @@ class LayerNet(nn.Module):
         return self.layer_params[-1].weight
 
     def check_input(self, x: object, name: str = "x") -> torch.Tensor:
+        """Raise ValueError (one line: the shape given and the one needed) unless x is a batch this net
+        takes: (N, *input_shape), or for a net without Flatten (N, C, H, W) of any H, W its pooling divides."""
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"{name} must have shape (N, {', '.join(map(str, self.input_shape))}) for this net, "
-                             f"got {tuple(x.shape)}")
+        self.shapes_for(x, name)
         return check_dtype_device(x, self.readout, name)
+
+    def shapes_for(self, x: torch.Tensor, name: str = "x") -> list:
+        """The layers' shapes for the batch x (metadata only: also under torch.func transforms)."""
+        given = tuple(int(v) for v in x.shape[1:])
+        if given in self._shapes:
+            return self._shapes[given]
+        need = ", ".join(map(str, self.input_shape))
+        if not self.any_size or len(given) != 3 or given[0] != self.input_shape[0]:
+            what = (f"(N, {self.input_shape[0]}, H, W) (any H, W its pooling divides)" if self.any_size
+                    else f"(N, {need})" + (" (its Flatten fixes the image size)" if len(self.input_shape) == 3 else ""))
+            raise ValueError(f"{name} has inputs of shape {given}, but this net needs {what}")
+        try:
+            self.net.check_input_shape(given)
+            shapes = self.net.shapes(given, self.width, self.out_dim)
+        except NetworkError as err:
+            raise ValueError(f"{name} has inputs of shape {given}, which this net cannot take: {err}") from None
+        self._shapes[given] = shapes
+        return shapes
 
     def _params(self, i: int) -> dict[str, torch.Tensor]:
         return dict(self.layer_params[i].named_parameters(recurse=False))
@@ -85,12 +108,12 @@ class LayerNet(nn.Module):
         """The readout's input times its weight multiplier and kappa: f = features @ readout.T (+ bias)."""
         self.check_input(x)
         a = x
-        for i, (layer, s) in enumerate(zip(self.net.layers[:-1], self.shapes)):
+        for i, (layer, s) in enumerate(zip(self.net.layers[:-1], self.shapes_for(x))):
             a = layer.apply(self._params(i), a, s, self.parameterisation)
         return a * (self._readout_multipliers()["weight"] * self.output_scale)
 
     def _readout_multipliers(self) -> dict[str, float]:
-        m = self.net.layers[-1].multipliers(self.shapes[-2])
+        m = self.net.layers[-1].multipliers(self.shapes[-2])  # the readout's fan-in: channels, whatever H, W
         return m if self.parameterisation == "ntk" else {k: 1.0 for k in m}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

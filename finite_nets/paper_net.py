@@ -127,11 +127,13 @@ class FiniteNet(nn.Module):
         if x.ndim != len(self.input_shape) + 1:
             raise ValueError(f"{name} must have shape {form} for a {self.arch.family} net, got shape {tuple(x.shape)}")
         if x.shape[1] != self.input_shape[0]:
-            raise ValueError(f"{name} has {x.shape[1]} channels/features but the net was built for input_shape {self.input_shape}")
+            raise ValueError(f"{name} has inputs of shape {tuple(x.shape[1:])}, but this net needs "
+                             f"{self.input_shape[0]} {'channels' if cnn else 'features'} "
+                             f"(input_shape {self.input_shape})")
         if cnn and self.arch.readout == "flatten" and tuple(x.shape[2:]) != self.input_shape[1:]:
             raise ValueError(
-                f"{name} has images of size {tuple(x.shape[2:])} but this flatten-readout net was built for "
-                f"{self.input_shape[1:]} (input_shape={self.input_shape})"
+                f"{name} has inputs of shape {tuple(x.shape[1:])}, but this flatten-readout net needs "
+                f"{self.input_shape} (the size it was built for; a GAP net takes any H, W)"
             )
         if cnn and min(x.shape[2:]) < 1:
             raise ValueError(f"{name} has an empty spatial dimension: shape {tuple(x.shape)}")

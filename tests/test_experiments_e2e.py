@@ -84,7 +84,9 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     """joblib sweep over model.depth=1,3 (one impossible) and a store path that is a file (a runtime
     error): the good job runs, every failure is in jobs.csv and its run.log, aggregation runs."""
     sweep = tmp_path / "sweep"
-    run_py("-m", "hydra/launcher=local_parallel", "model.depth=1,3", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_py("-m", "hydra/launcher=local_parallel", "model.depth=1,3", *TINY, f"hydra.sweep.dir={sweep}",
+                  cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("1 of 2 jobs failed")
     jobs = {j["overrides"].split("model.depth=")[1].split()[0]: j for j in _rows(sweep / "jobs.csv")}
     assert jobs["3"]["status"] == "ok" and jobs["1"]["status"] == "failed"
     assert jobs["1"]["error"].startswith("model.depth: depth must be >= 2")
@@ -94,9 +96,10 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 
     (tmp_path / "a_file").write_text("not a folder")
     sweep2 = tmp_path / "sweep2"
-    run_py("-m", "experiment=gram", "data.n_train=6", "data.n_test=2",
-           f"experiment.store={tmp_path / 'a_file' / 'store'},{tmp_path / 'ok_store'}", f"hydra.sweep.dir={sweep2}",
-           cwd=tmp_path)
+    proc = run_py("-m", "experiment=gram", "data.n_train=6", "data.n_test=2",
+                  f"experiment.store={tmp_path / 'a_file' / 'store'},{tmp_path / 'ok_store'}",
+                  f"hydra.sweep.dir={sweep2}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
     status = sorted(j["status"] for j in _rows(sweep2 / "jobs.csv"))
     assert status == ["failed", "ok"] and (sweep2 / "results.csv").exists()
     bad = next(j for j in _rows(sweep2 / "jobs.csv") if j["status"] == "failed")

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 import experiments
-from experiments.harness.config import ConfigError, GridExperiment, register
-from experiments.harness.runner import execute
+from experiments.harness.config import ConfigError, GridExperiment, dependencies, register
+from experiments.harness.runner import execute, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 register()
@@ -116,3 +116,67 @@ def test_one_value_grids_follow_explicit_model_keys(tmp_path):
     rows = _run(["experiment.widths=[4]", "experiment.seeds=[0]", "data.n_train=3", "model=fc", "progress=false"],
                 tmp_path / "fc")
     assert {(r["family"], r["readout"]) for r in rows} == {("fc", "none")}  # fc: one pass, no readout
+
+
+# -- an experiment's own keys that another of its keys leaves unread (Config.DEPENDS) -----------
+
+
+def _dependency_cases():
+    for name in experiments.names():
+        for key, need in dependencies(experiments.get(name).Config):
+            yield pytest.param(name, key, need, id=f"{name}-{key}-{need.master}")
+
+
+def _validate(name: str, overrides: list[str], tmp: Path):
+    """(typed config, config after the override rule) of the experiment's last smoke run plus
+    ``overrides``, in-process: the override rule and the config checks, nothing computed.  The smoke
+    run's own values of those keys, and of every key with a master, are left out."""
+    dependent = {f"experiment.{k}" for k, _ in dependencies(experiments.get(name).Config)}
+    keys = {o.split("=")[0] for o in overrides} | dependent
+    smoke = [o for o in experiments.get(name).smoke(tmp)[-1] if o.split("=")[0] not in keys]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*smoke, *overrides])
+    return prepare(cfg, [*smoke, *overrides])[:2]
+
+
+def _masters(schema, key: str, seen: tuple = ()) -> dict:
+    """Master -> its Needs, for every master of ``key`` and (transitively) theirs."""
+    out: dict = {}
+    for k, need in dependencies(schema):
+        if k == key and need.master not in seen:
+            out.setdefault(need.master, need)
+            for m, n in _masters(schema, need.master, (*seen, key)).items():
+                out.setdefault(m, n)
+    return out
+
+
+@pytest.mark.parametrize("name, key, need", list(_dependency_cases()))
+def test_an_override_its_master_leaves_unread_is_refused(name, key, need, tmp_path):
+    """For every declared dependency (discovered: a new DEPENDS entry is walked without a line here):
+    the key set explicitly (to the value it has anyway) while its master has an idling value is
+    refused at start, in one line naming the key, the master and that value; with every master of
+    the key at a value that reads it, the same override is accepted."""
+    schema = experiments.get(name).Config
+    base = OmegaConf.to_container(_validate(name, [], tmp_path)[1].experiment, resolve=True)
+
+    def master(n, value):  # experiment.<master>=value (a list-valued master: the one-entry list)
+        return f"experiment.{n.master}=" + (f"[{value}]" if isinstance(base[n.master], list) else str(value))
+
+    mine = f"experiment.{key}={json.dumps(base[key])}"
+    idle = master(need, need.idle[0])
+    around = [master(n, n.use) for n in _masters(schema, need.master).values()]  # the master itself read
+    with pytest.raises(ConfigError) as err:
+        _validate(name, [*around, idle, mine], tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"experiment.{key}: idle with {idle} ("), message
+    reading = _masters(schema, key)
+    cfg, _ = _validate(name, [*(master(n, n.use) for n in reading.values()), mine], tmp_path)  # accepted
+    assert not any(n.idles(getattr(cfg.experiment, m)) for m, n in reading.items())
+
+
+def test_dependencies_are_declared_where_they_were_found_ignored():
+    """The overrides once accepted and ignored (only their echoed column changed) stay declared."""
+    declared = {(name, key, need.master) for name in experiments.names()
+                for key, need in dependencies(experiments.get(name).Config)}
+    assert {("prediction_equivalence", "small_kappa", "routes"), ("kernel_vs_network", "standard_lrs", "parameterisations"),
+            ("solve", "cg_tol", "solver"), ("solve", "cg_max_iter", "solver")} <= declared

@@ -13,8 +13,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,15 @@ import yaml
 from hydra.experimental.callback import Callback
 
 from experiments import get, names
-from experiments.harness import overrides, results
+from experiments.harness import overrides, results, runner
 from experiments.harness.runner import JOB_STATUS
 
 log = logging.getLogger("experiments.harness.aggregate")
-SWEEP: dict[str, Any] = {"dir": None, "aggregated": False}  # the running sweep of this process (run.py)
+# the running sweep of this process (run.py): its folder, whether aggregated, the reaper's pid, and
+# after aggregation the jobs' statuses ("jobs": jobs.csv's rows, "missing") or the aggregation's error
+SWEEP: dict[str, Any] = {"dir": None, "aggregated": False, "reaper": None, "jobs": None, "missing": 0, "error": None,
+                         "parent": None}
+SETTLE_S = {signal.SIGTERM: 10.0, signal.SIGINT: 3.0}  # how long a sweep's parent waits for its jobs' job.json
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -164,13 +170,93 @@ def interrupt_note(sweep_dir: str | Path | None) -> str:
     return f"{done} of {len(jobs)} started jobs finished (results in {sweep_dir}); rerun the same command to redo the sweep"
 
 
+def _local_processes(launcher: dict[str, Any]) -> bool:
+    target = str(launcher.get("_target_", ""))
+    return "Joblib" in target or "LocalLauncher" in target
+
+
 def _start_reaper(launcher: dict[str, Any]) -> None:
     """Launchers that run jobs as processes of this machine (joblib, submitit local): a watcher in
     its own session kills every process this one started if this one dies (even by SIGKILL)."""
+    if _local_processes(launcher):
+        SWEEP["reaper"] = subprocess.Popen([sys.executable, "-m", "experiments.harness.reaper", str(os.getpid())],
+                                           start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL).pid
+
+
+def _quiet_launchers(launcher: dict[str, Any]) -> None:
+    """What a Ctrl-C of a local sweep would print besides our one line, silenced where we can:
+    joblib's resource tracker warns of the semaphores of the workers it lost (a process of its own:
+    PYTHONWARNINGS reaches it); submitit's local controllers (``python -m submitit.local._local``)
+    print a KeyboardInterrupt traceback each: they are started with SIGINT ignored (the job itself
+    gets it back, see runner.install_signal_handlers) and end when their job ends."""
     target = str(launcher.get("_target_", ""))
-    if "Joblib" in target or "LocalLauncher" in target:
-        subprocess.Popen([sys.executable, "-m", "experiments.harness.reaper", str(os.getpid())], start_new_session=True,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if "Joblib" in target:
+        quiet = "ignore:resource_tracker:UserWarning"
+        if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+            os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+    if "LocalLauncher" in target:
+        try:
+            from submitit.local import local
+        except ImportError:
+            return
+        if getattr(local.start_controller, "_cntk_quiet", False):
+            return
+        original = local.start_controller
+
+        def start_controller(*args, **kwargs):
+            from experiments.harness.runner import JOB_SIGINT_ENV
+
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # ignored by whoever started us: keep it so
+                return original(*args, **kwargs)
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            os.environ[JOB_SIGINT_ENV] = "1"
+            try:
+                return original(*args, **kwargs)
+            finally:
+                os.environ.pop(JOB_SIGINT_ENV, None)
+                signal.signal(signal.SIGINT, old)
+
+        start_controller._cntk_quiet = True
+        local.start_controller = start_controller
+
+
+def _job_processes() -> dict[int, int]:
+    """This process's descendants but the reaper (loky workers, submitit controllers and tasks)."""
+    from experiments.harness.reaper import descendants
+
+    try:
+        procs = descendants(os.getpid())
+    except OSError:
+        return {}
+    procs.pop(SWEEP["reaper"], None)
+    return procs
+
+
+def settle(signum: int) -> None:
+    """The sweep's parent got SIGTERM or SIGINT: pass it on to its job processes (those that had it
+    already, from a terminal's Ctrl-C or a scheduler, take the second as the same one: runner.GRACE_S;
+    submitit's controllers ignore SIGINT and pass SIGTERM on), then wait (SETTLE_S at most) until
+    every started job has written its job.json or its processes are gone, so that the launcher's own
+    cleanup (joblib kills its workers at once) does not lose them."""
+    from experiments.harness.reaper import _stat
+
+    sweep_dir = SWEEP["dir"]
+    if not sweep_dir or SWEEP.get("parent") != os.getpid() or not Path("/proc").is_dir():
+        return
+    procs = _job_processes()
+    for pid in procs:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+    deadline = time.monotonic() + SETTLE_S.get(signum, 3.0)
+    while time.monotonic() < deadline:
+        alive = [p for p, start in procs.items() if (st := _stat(p)) is not None and st[1] == start]
+        jobs = _job_dirs(Path(sweep_dir)) if Path(sweep_dir).is_dir() else []
+        if not alive or all((j / JOB_STATUS).exists() for j in jobs):
+            return
+        time.sleep(0.05)
 
 
 class AggregateCallback(Callback):
@@ -179,8 +265,13 @@ class AggregateCallback(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         from omegaconf import OmegaConf
 
-        SWEEP.update(dir=str(config.hydra.sweep.dir), aggregated=False)
-        _start_reaper(OmegaConf.to_container(config.hydra.launcher, resolve=True))
+        SWEEP.update(dir=str(config.hydra.sweep.dir), aggregated=False, jobs=None, missing=0, error=None,
+                     parent=os.getpid())
+        launcher = OmegaConf.to_container(config.hydra.launcher, resolve=True)
+        _start_reaper(launcher)
+        _quiet_launchers(launcher)
+        if _local_processes(launcher) and settle not in runner.ON_SIGNAL:
+            runner.ON_SIGNAL.append(settle)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         run_end_of_sweep(config.hydra.sweep.dir)
@@ -193,10 +284,34 @@ def run_end_of_sweep(sweep_dir: str | Path) -> None:
         info = aggregate(sweep_dir)
     except Exception as err:  # a failed aggregation must not hide the jobs' own results
         log.error("aggregation of %s: %s", sweep_dir, err)
+        try:
+            info = collect(sweep_dir)
+            SWEEP.update(jobs=info["jobs"], missing=info["missing"])
+        except Exception:
+            pass
+        if not SWEEP["jobs"] or all(j["status"] == "ok" for j in SWEEP["jobs"]):
+            SWEEP["error"] = f"aggregation of {sweep_dir} failed: {err}"
         return
+    SWEEP.update(jobs=info["jobs"], missing=info["missing"])
     bad = sum(j["status"] != "ok" for j in info["jobs"])
     log.info("aggregated %d jobs (%d not ok, %d missing) into %s%s", len(info["docs"]), bad, info["missing"], sweep_dir,
              f"; settings told apart: {', '.join(info['settings'])}" if info.get("settings") else "")
+
+
+def sweep_verdict() -> tuple[int, str]:
+    """After a sweep's aggregation: (1, a line saying how many jobs failed / what broke) or (0, '')."""
+    if SWEEP["jobs"] is None and not SWEEP["error"]:
+        return 0, ""
+    jobs = SWEEP["jobs"] or []
+    bad = sum(j["status"] != "ok" for j in jobs) + SWEEP["missing"]
+    where = Path(SWEEP["dir"]) / "jobs.csv"
+    if bad:
+        kinds = sorted({j["status"] for j in jobs if j["status"] != "ok"} | ({"missing"} if SWEEP["missing"] else set()))
+        what = "failed" if kinds == ["failed"] else f"failed ({', '.join(kinds)})"
+        return 1, f"{bad} of {len(jobs) + SWEEP['missing']} jobs {what}: see {where}; exit status 1"
+    if SWEEP["error"]:
+        return 1, f"{SWEEP['error']}; exit status 1"
+    return 0, ""
 
 
 def main(argv: list[str] | None = None) -> int:

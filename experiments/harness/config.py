@@ -7,6 +7,7 @@ A typo, a wrong type or an impossible value fails at start with one line naming 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -135,6 +136,56 @@ class ModelConfig:
 # -- experiments --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Needs:
+    """When an experiment key is read, by the value of another key of the same experiment (its
+    master); declared in the experiment's ``DEPENDS`` and enforced by the override rule
+    (experiments/harness/overrides.py).
+
+    master: the other key (a field of the same experiment config, e.g. "solver");
+    idle:   the master's values under which the key is not read; a list-valued master (e.g.
+            "routes") leaves it unread when every entry is one of them;
+    use:    a value of the master under which the key is read (for a list-valued master: the entry
+            to add), named in the refusal as the remedy;
+    why:    what reads the key, for the refusal ("only the cg solver reads it").
+    """
+
+    master: str
+    idle: tuple[Any, ...]
+    use: Any
+    why: str
+
+    def idles(self, value: Any) -> bool:
+        """Whether the master's ``value`` leaves the key unread (values outside ``idle``, valid or
+        not, never do: the master's own check judges them)."""
+        if isinstance(value, (list, tuple)):
+            return len(value) > 0 and all(v in self.idle for v in value)
+        return value in self.idle
+
+    def refusal(self, key: str, value: Any) -> str:
+        """The one-line refusal of an explicit ``experiment.<key>`` while the master has ``value``."""
+        if isinstance(value, (list, tuple)):
+            shown, remedy = "[" + ",".join(map(str, value)) + "]", f"add {self.use} to experiment.{self.master}"
+        else:
+            shown, remedy = value, f"set experiment.{self.master}={self.use}"
+        return f"experiment.{key}: idle with experiment.{self.master}={shown} ({self.why}): drop the override or {remedy}"
+
+
+def dependencies(schema: type) -> list[tuple[str, Needs]]:
+    """An experiment schema's DEPENDS as (key, Needs) pairs; a key or master that is not a field of
+    the schema (a stale name after a rename) is an error."""
+    fields = {f.name for f in dataclasses.fields(schema)}
+    out = []
+    for key, needs in schema.DEPENDS.items():
+        for need in needs if isinstance(needs, tuple) else (needs,):
+            for name in (key, need.master):
+                if name not in fields:
+                    raise TypeError(f"{schema.__module__}.{schema.__name__}.DEPENDS names {name!r}, not a key of "
+                                    f"experiment={schema.NAME}")
+            out.append((key, need))
+    return out
+
+
 @dataclass
 class ExperimentConfig:
     """Base of every experiment's schema.  Subclasses set NAME and add their own fields.
@@ -145,6 +196,9 @@ class ExperimentConfig:
             rows of different values are never pooled because the column tells them apart);
       PARTITION: keys that split one computation across jobs (rows of all values belong together);
       REFUSED: key -> why it has no effect here and what to use instead (refused at start).
+      DEPENDS: own key -> Needs (or a tuple of them): the key is read only when another own key
+            allows it (experiment.cg_tol: only the cg solver); an explicit override of the key
+            while its master leaves it unread is refused at start, naming both.
       USES_VALIDATION: whether it chooses hyperparameters on data.n_val validation images
             (else data.n_val is refused).
     """
@@ -154,6 +208,7 @@ class ExperimentConfig:
     AXES: ClassVar[dict[str, str]] = {}
     PARTITION: ClassVar[tuple[str, ...]] = ()
     REFUSED: ClassVar[dict[str, str]] = {}
+    DEPENDS: ClassVar[dict[str, "Needs | tuple[Needs, ...]"]] = {}
     name: str = ""
 
     def __post_init__(self) -> None:

@@ -7,6 +7,9 @@ result rows) or is refused at start with one line naming the key to use instead.
 - Model keys that change nothing for the architecture (``Architecture.unused_fields``: an fc net
   has no readout and no filter) are refused.
 - An experiment's ``REFUSED`` keys (e.g. ``model.width`` for the exact-kernel ``gram``) are refused.
+- An experiment key that another key of the same experiment leaves unread (its ``DEPENDS``, e.g.
+  ``experiment.cg_tol`` with ``experiment.solver=cholesky``) is refused when set explicitly while
+  idle, naming both keys and the remedy.
 - Every overridden key (except where and how fast to run: device, threads, progress) becomes a
   column of every result row of its job, with its value; a sweep's aggregation separates rows
   by every such key whose value differs between jobs (``settings``), except the experiment's AXES
@@ -26,7 +29,7 @@ from cntk.architecture import Architecture
 from cntk.errors import NetworkError
 
 from experiments import CONF_DIR
-from experiments.harness.config import ConfigError, GridExperiment
+from experiments.harness.config import ConfigError, GridExperiment, dependencies
 
 ENVIRONMENT_KEYS = ("device", "threads", "progress")  # where and how fast, not what
 GROUPS = ("data", "model", "experiment")
@@ -81,7 +84,7 @@ def apply(dcfg: DictConfig, overrides: list[Override], schema: type) -> DictConf
             raise ConfigError(f"{key}: model.family={OmegaConf.select(dcfg, 'model.family')} nets have no "
                               f"{' or '.join(unused)}: remove it")
     if not issubclass(schema, GridExperiment):
-        return dcfg
+        return _refuse_idle(dcfg, explicit, schema)
     dcfg = dcfg.copy()
     with open_dict(dcfg):
         for field, axis in GRID.items():
@@ -92,7 +95,21 @@ def apply(dcfg: DictConfig, overrides: list[Override], schema: type) -> DictConf
                 dcfg.experiment[axis] = [dcfg.model[field]]
         if "readout" in unused:
             dcfg.experiment.readouts = [dcfg.model.readout]  # one pass: the net has no readout choice
+    return _refuse_idle(dcfg, explicit, schema)
+
+
+def _refuse_idle(dcfg: DictConfig, explicit: set[str], schema: type) -> DictConfig:
+    """Refuse an explicit experiment key that its master (schema.DEPENDS) leaves unread."""
+    for key, need in dependencies(schema):
+        if f"experiment.{key}" in explicit:
+            value = _plain(OmegaConf.select(dcfg, f"experiment.{need.master}"))
+            if need.idles(value):
+                raise ConfigError(need.refusal(key, value))
     return dcfg
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _unused_fields(dcfg: DictConfig) -> tuple[str, ...]:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,74 @@ JOB_STATUS = "job.json"
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with a one-line note of what was kept (e.g. '12 tiles kept, rerun ... to resume')."""
+
+
+# How this process is being ended: SIGTERM (a scheduler's time limit, `kill`) is handled like Ctrl-C,
+# as a KeyboardInterrupt, and told apart by ENDING["signal"] (status 'terminated', exit status 143).
+ENDING: dict[str, Any] = {"signal": None, "at": 0.0}
+GRACE_S = 2.0  # the same ending signalled again within this time (the terminal's group and a parent) is one signal
+JOB_SIGINT_ENV = "CNTK_JOB_SIGINT"  # set for jobs started with SIGINT ignored on purpose (submitit's local controller)
+ON_SIGNAL: list = []  # hooks of a sweep's parent, called with the signal before the KeyboardInterrupt (aggregate.settle)
+_INSTALLED: dict[int, bool] = {}  # pid -> handlers installed for the life of the process
+
+
+def terminated() -> bool:
+    """Whether this process is ending because of SIGTERM."""
+    return ENDING["signal"] == signal.SIGTERM
+
+
+def ending_word() -> str:
+    return "terminated" if terminated() else "interrupted"
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    now = time.monotonic()
+    if ENDING["signal"] is not None and now - ENDING["at"] < GRACE_S:
+        return  # already ending: let the cleanup (job.json, aggregation) finish
+    if ENDING["signal"] is None:
+        ENDING.update(signal=signum, at=now)
+    for hook in ON_SIGNAL:
+        hook(signum)
+    raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
+
+
+def install_signal_handlers() -> dict[int, Any]:
+    """SIGTERM (and SIGINT where Python's Ctrl-C handler or a deliberate ignore was in place) raise
+    KeyboardInterrupt, recording which signal; returns the previous handlers. A signal ignored by
+    whoever started this process (nohup, a background job) stays ignored. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old = signal.getsignal(sig)
+        if old is signal.SIG_IGN and not (sig == signal.SIGINT and os.environ.get(JOB_SIGINT_ENV)):
+            continue
+        if sig == signal.SIGINT and old not in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL):
+            continue  # somebody else's handler
+        previous[sig] = signal.signal(sig, _on_signal)
+    return previous
+
+
+@contextmanager
+def job_signals():
+    """SIGTERM handled like Ctrl-C for the time of one job, in a process whose handlers run.py's cli()
+    did not install (a joblib worker, a submitit task); the previous handlers afterwards."""
+    if _INSTALLED.get(os.getpid()):
+        yield
+        return
+    previous = install_signal_handlers()
+    ENDING.update(signal=None, at=0.0)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def install_process_handlers() -> None:
+    """For the whole life of this process (run.py's cli())."""
+    install_signal_handlers()
+    _INSTALLED[os.getpid()] = True
 
 
 def validate(dcfg: DictConfig) -> Config:
@@ -99,7 +171,8 @@ def execute(dcfg: DictConfig, out_dir: str | Path, job_num: int = 0, task_overri
 
 
 def write_status(out_dir: str | Path, status: str, task_overrides: list[str], seconds: float, error: str = "") -> None:
-    """job.json: how this job ended ('ok', 'failed', 'interrupted'), its overrides and one-line error."""
+    """job.json: how this job ended ('ok', 'failed', 'interrupted' (Ctrl-C), 'terminated' (SIGTERM)), its
+    overrides and one-line error."""
     results.write_atomic(Path(out_dir) / JOB_STATUS, json.dumps(
         {"status": status, "error": error, "overrides": list(task_overrides), "seconds": round(seconds, 3)}, indent=1))
 
