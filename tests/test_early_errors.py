@@ -101,7 +101,6 @@ def _cfg(experiment: str, **data):
     from experiments.harness.runner import prepare
 
     register()
-    from omegaconf import OmegaConf
     from hydra import compose, initialize_config_dir
     from pathlib import Path
 

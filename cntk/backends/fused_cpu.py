@@ -303,8 +303,10 @@ def _zero_border(buf, hh, ww, r):
 def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, keep, bufs, rows, lacc, tot):
     """Add to tot[0, lane] the sum over the plane of offset (di, dj) of the last layer's Theta (ntk) or
     Sigma (nngp) of the pair (x1[a], x2[cb * B + lane]), for the B lanes of block cb at once.
-    Several readouts in one pass (tot of 2 L rows): for every layer h with keep[h], the plane sums of
-    K^(h) into tot[2 h] and of Kdot Theta + kf K into tot[2 h + 1] (lacc: their row accumulators).
+    Several readouts in one pass (keep an array, tot of 2 L rows): for every layer h with keep[h] and
+    the last, the plane sums of K^(h) into tot[2 h] and of Kdot Theta + kf K into tot[2 h + 1] (lacc:
+    their row accumulators).  keep=None (a single readout) compiles without any of that: numba prunes
+    the ``keep is not None`` branches of that specialisation.
 
     xe (C, H, W, B), se (L, H, W, B): x1[a] and its std maps, each value repeated B times (flat);
     x2b (NB, C, H, W, B), s2b (NB, L, H, W, B): lane-interleaved blocks of x2 and its std maps
@@ -349,8 +351,7 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
     for k in range(un):
         acc[k] = zero
         tr[k] = zero
-    multi = tot.shape[0] > 1
-    if multi:
+    if keep is not None:
         for layer in range(n_layers):
             if keep[layer] != 0 or layer == n_layers - 1:
                 for k in range(un):
@@ -401,7 +402,7 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
                     _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, rk, rt, np.uint64(0))
-                if multi:
+                if keep is not None:
                     _add_row(lacc, 2 * layer, rk, rt, np.uint64(0), un, ntk)
                 else:
                     fin = rt if ntk else rk
@@ -415,11 +416,12 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
                     _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, pkb, ptb, po)
-                if multi and keep[layer] != 0:
-                    _add_row(lacc, 2 * layer, pkb, ptb, po, un, ntk)
+                if keep is not None:
+                    if keep[layer] != 0:
+                        _add_row(lacc, 2 * layer, pkb, ptb, po, un, ntk)
         pka, pkb = pkb, pka
         pta, ptb = ptb, pta
-    if multi:
+    if keep is not None:
         for layer in range(n_layers):
             if keep[layer] != 0 or layer == n_layers - 1:
                 for j in range(2 * layer, 2 * layer + 2):
@@ -479,16 +481,16 @@ def _spread(src, a, dst):
 @njit(fastmath=_FM, cache=True, nogil=True)
 def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, ntk, act, keep, lo, hi, out):
     """Work items lo..hi-1 (item = block * n_groups + group): out[blk, g, j, lane] = sum over the
-    planes of group g of the pair (x1[ia[blk]], x2[icb[blk] * B + lane]), readout j (``_plane_block``).
-    Releases the GIL."""
+    planes of group g of the pair (x1[ia[blk]], x2[icb[blk] * B + lane]), readout j of ``_plane_block``
+    (one readout, j = 0, when keep is None).  Releases the GIL."""
     n_groups = gstart.shape[0] - 1
     n_c, h, w, n_layers = shape
     size = (h + q - 1) * (w + q - 1) * _B
     row = (w + q - 1) * _B
-    n_out = out.shape[2]
     bufs = np.empty((4, size), dtype=x1.dtype)
     rows = np.empty((6, row), dtype=x1.dtype)
-    lacc = np.empty((2 * n_layers if n_out > 1 else 1, row), dtype=x1.dtype)
+    n_out = out.shape[2]
+    lacc = np.empty((n_out, row), dtype=x1.dtype)
     tot = np.empty((n_out, _B), dtype=np.float64)
     xe = np.empty(n_c * h * w * _B, dtype=x1.dtype)
     se = np.empty(n_layers * h * w * _B, dtype=x1.dtype)
@@ -704,15 +706,15 @@ def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str, keep: np.n
     want = 1 if not gap else min(len(dis), max(1, -(-4 * n_threads // max(n_blocks, 1))))
     gstart = _groups(dis, djs, h, w, c.filter_size, want)
     n_items = n_blocks * (len(gstart) - 1)
-    n_out = 1 if keep is None else 2 * c.n_act_layers
-    out = np.zeros((n_blocks, len(gstart) - 1, n_out, _B), dtype=np.float64)
+    groups = len(gstart) - 1
+    out = np.zeros((n_blocks, groups, 1 if keep is None else 2 * c.n_act_layers, _B))
     if n_items == 0:
         return out.sum(1)[:, 0] if keep is None else out.sum(1)
     shape = (x1.shape[1], h, w, s1.shape[1])
     args = (
         x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), shape, ia, icb, exl, dis, djs, gstart,
         c.filter_size, params(c, x1.shape[1], x1.dtype), kind == "ntk", _act_code(c),
-        np.zeros(c.n_act_layers, np.int64) if keep is None else keep.astype(np.int64),
+        None if keep is None else keep.astype(np.int64),
     )
     n_chunks = min(n_items, 4 * n_threads) if n_threads > 1 else 1
     cuts = [k * n_items // n_chunks for k in range(n_chunks + 1)]
