@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from cntk.architecture import Architecture
 from cntk.store.atomic import write_atomic
 from cntk.store.tiles import TileStore
+from experiments.harness.runner import ENDING
 
 from experiments.harness.config import Config as RunConfig, ConfigError, ExperimentConfig, check
 from experiments.harness.data import Dataset
@@ -150,6 +151,8 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
             except OSError as err:
                 raise ConfigError(_unwritable(err, store.path)) from None
             seconds = time.perf_counter() - t0
+            if ENDING["signal"] is not None:  # a Ctrl-C / SIGTERM whose KeyboardInterrupt a library swallowed
+                raise KeyboardInterrupt
             rs, cs = store.bounds(i, j)
             n = (rs.stop - rs.start) * (cs.stop - cs.start)
             if store.meta.symmetric and i == j:
