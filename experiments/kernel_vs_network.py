@@ -37,7 +37,7 @@ from cntk.errors import NetworkError
 
 from experiments.harness import stats, sweep
 from experiments.harness.common import common, row_name, save_figure, style
-from experiments.harness.config import Config as RunConfig, ConfigError, GridExperiment, ModelConfig, Needs, check
+from experiments.harness.config import Config as RunConfig, ConfigError, GridExperiment, Needs, check
 from experiments.harness.data import Dataset
 from experiments.harness.results import write_atomic
 
@@ -113,21 +113,6 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
     y = cntk.paper_targets(data.y_train, data.num_classes)
     sizes = {"n_train": len(data.x_train), "n_val": len(data.x_val), "n_test": len(data.x_test)}
 
-    def refuse_unbuildable():
-        """Every architecture's finite nets built at width 1 (cheap) before any kernel work: a net the
-        finite side cannot build is refused at start, naming the model key."""
-        for _, _, arch in sweep.architectures(cfg):
-            shape = tuple(arch.inputs(data.x_train[:1]).shape[1:])
-            for par in e.parameterisations:
-                try:
-                    finite_nets.build(arch, 1, input_shape=shape, out_dim=data.num_classes, dtype=dtype, device="cpu",
-                                      parameterisation=par)
-                except (NetworkError, ValueError) as err:
-                    key = getattr(err, "field", "family")
-                    key = key if key in ModelConfig.__dataclass_fields__ else "family"
-                    raise ConfigError(f"model.{key}: the {par}-parameterised net of {arch.name} cannot be built: "
-                                      f"{str(err).splitlines()[0]}") from None
-
     def prepare(arch):
         xtr, xva, xte = (arch.inputs(x).to(device=device, dtype=dtype) for x in (data.x_train, data.x_val, data.x_test))
         t0 = time.perf_counter()
@@ -201,7 +186,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
                         "weights": _weights(res.model), "seconds": time.perf_counter() - t0})
         return out
 
-    refuse_unbuildable()
+    sweep.refuse_unbuildable(cfg, data, dtype, e.parameterisations)
     return sweep.run(cfg, prepare, measure, input_shape=tuple(data.x_train.shape[1:]), prepare_steps=1)
 
 

@@ -40,24 +40,6 @@ class Config(GridExperiment):
         check(self.ridge >= 0, "experiment.ridge", f"must be >= 0, got {self.ridge}")
 
 
-def _refuse_unbuildable(cfg: RunConfig, data: Dataset, dtype: torch.dtype, parameterisations=("ntk",)) -> None:
-    """Build every architecture's finite net at width 1 (cheap) before any kernel work: a net the finite
-    side cannot build is refused at start, naming the model key."""
-    from cntk.errors import NetworkError
-    from experiments.harness.config import ConfigError, ModelConfig
-
-    for _, _, arch in sweep.architectures(cfg):
-        shape = tuple(arch.inputs(torch.zeros(1, *data.x_train.shape[1:])).shape[1:])
-        for par in parameterisations:
-            try:
-                finite_nets.build(arch, 1, input_shape=shape, dtype=dtype, device="cpu", parameterisation=par)
-            except (NetworkError, ValueError) as err:
-                key = getattr(err, "field", "family")
-                key = key if key in ModelConfig.__dataclass_fields__ else "family"
-                raise ConfigError(f"model.{key}: the finite net of {arch.name} ({par} parameterisation) cannot be "
-                                  f"built: {str(err).splitlines()[0]}") from None
-
-
 def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:
     from experiments.harness.config import ConfigError
 
@@ -65,7 +47,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
     if len(data.x_test) == 0:  # before any work: the figure is test accuracy
         raise ConfigError("data.n_test: monte_carlo_vs_exact measures kernel regression's test accuracy and needs "
                           f"test images (got {len(data.x_test)})")
-    _refuse_unbuildable(cfg, data, dtype)
+    sweep.refuse_unbuildable(cfg, data, dtype)
     y = cntk.paper_targets(data.y_train, data.num_classes)
     n = len(data.x_train)
     sizes = {"n_train": n, "n_test": len(data.x_test), "ridge": e.ridge}

@@ -66,31 +66,13 @@ class Config(GridExperiment):
         check(self.bootstrap >= 0, "experiment.bootstrap", f"must be >= 0, got {self.bootstrap}")
 
 
-def _refuse_unbuildable(cfg: RunConfig, data: Dataset, dtype: torch.dtype, parameterisations=("ntk",)) -> None:
-    """Build every architecture's finite net at width 1 (cheap) before any kernel work: a net the finite
-    side cannot build is refused at start, naming the model key."""
-    from cntk.errors import NetworkError
-    from experiments.harness.config import ConfigError, ModelConfig
-
-    for _, _, arch in sweep.architectures(cfg):
-        shape = tuple(arch.inputs(torch.zeros(1, *data.x_train.shape[1:])).shape[1:])
-        for par in parameterisations:
-            try:
-                finite_nets.build(arch, 1, input_shape=shape, dtype=dtype, device="cpu", parameterisation=par)
-            except (NetworkError, ValueError) as err:
-                key = getattr(err, "field", "family")
-                key = key if key in ModelConfig.__dataclass_fields__ else "family"
-                raise ConfigError(f"model.{key}: the finite net of {arch.name} ({par} parameterisation) cannot be "
-                                  f"built: {str(err).splitlines()[0]}") from None
-
-
 def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:
     from experiments.harness.config import ConfigError
 
     e = cfg.experiment
     if len(data.x_train) < 2:  # before any work: a kernel error needs a Gram matrix of two or more points
         raise ConfigError(f"data.n_train: ntk_convergence needs at least 2 training images (got {len(data.x_train)})")
-    _refuse_unbuildable(cfg, data, dtype)
+    sweep.refuse_unbuildable(cfg, data, dtype)
     x = data.x_train.to(device=device, dtype=dtype)
     x = x / x.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None, None]
     const = {"n_points": len(x), "delta": e.delta, "bound_constant": e.bound_constant, "eps": e.eps,

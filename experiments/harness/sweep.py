@@ -63,3 +63,22 @@ def run(cfg: Config, prepare: Callable[[Architecture], tuple[Any, Rows]],
                     rows += [{**where, "width": width, "seed": seed, **r} for r in ([out] if isinstance(out, dict) else out)]
                     bar.update()
     return rows
+
+
+def refuse_unbuildable(cfg: Config, data: Any, dtype: torch.dtype, parameterisations=("ntk",)) -> None:
+    """Build every architecture's finite net at width 1 (cheap) before any kernel work: a net the finite
+    side cannot build is refused at start, naming the model key."""
+    from cntk.errors import NetworkError
+    import finite_nets
+    from experiments.harness.config import ModelConfig
+
+    for _, _, arch in architectures(cfg):
+        shape = tuple(arch.inputs(torch.zeros(1, *data.x_train.shape[1:])).shape[1:])
+        for par in parameterisations:
+            try:
+                finite_nets.build(arch, 1, input_shape=shape, dtype=dtype, device="cpu", parameterisation=par)
+            except (NetworkError, ValueError) as err:
+                key = getattr(err, "field", "family")
+                key = key if key in ModelConfig.__dataclass_fields__ else "family"
+                raise ConfigError(f"model.{key}: the finite net of {arch.name} ({par} parameterisation) cannot be "
+                                  f"built: {str(err).splitlines()[0]}") from None
