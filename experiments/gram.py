@@ -3,6 +3,11 @@ on disk (cntk.store.tiles), each Hydra job computing its round-robin share, resu
 
     python run.py -m experiment=gram experiment.job=0,1,2,3 experiment.num_jobs=4 hydra/launcher=local_parallel
 
+Several kernels in one pass: ``experiment.kind=both`` (NTK and NNGP) and ``experiment.depths=[3,6]``
+(depths besides ``model.depth``) fill one store per (depth, kind), each exactly the store a
+single-kernel run with that ``model.depth`` and ``experiment.kind`` would make (``solve`` reads
+it with those settings), from one recursion per tile (``cntk.kernels``).
+
 The store is tied to its inputs' identity (data set, chosen indices, preprocessing, raw bytes:
 experiments/harness/data.py), so any threads=, launcher or job count computes, resumes and solves it.
 """
@@ -11,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +26,7 @@ from tqdm.auto import tqdm
 
 from cntk.architecture import Architecture
 from cntk.store.atomic import write_atomic
-from cntk.store.tiles import TileStore
+from cntk.store.tiles import TileStore, compute_tile_group
 from experiments.harness.runner import ENDING
 
 from experiments.harness.config import Config as RunConfig, ConfigError, ExperimentConfig, check
@@ -35,19 +40,22 @@ class StoreConfig(ExperimentConfig):
     AXES: ClassVar[dict[str, str]] = {"model.readout": "readout", "model.depth": "depth", "experiment.kind": "kind"}
     REFUSED: ClassVar[dict[str, str]] = {"model.width": "the exact kernel has no width (it is the infinite-width "
                                                         "limit): remove model.width"}
+    KINDS: ClassVar[tuple[str, ...]] = ("ntk", "nngp")
     store: str | None = None  # default: stores/DATA-SLUG-NTRAINxNTEST-KIND-DTYPE[-seedS], SLUG: Architecture.slug
     kind: str = "ntk"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.kind in ("ntk", "nngp"), "experiment.kind", f"must be ntk or nngp, got {self.kind!r}")
+        check(self.kind in self.KINDS, "experiment.kind", f"must be {' or '.join(self.KINDS)}, got {self.kind!r}")
 
 
 @dataclass
 class Config(StoreConfig):
     NAME: ClassVar[str] = "gram"
     PARTITION: ClassVar[tuple[str, ...]] = ("experiment.job", "experiment.num_jobs")
+    KINDS: ClassVar[tuple[str, ...]] = ("ntk", "nngp", "both")
     name: str = "gram"
+    depths: list[int] = field(default_factory=list)  # more depths filled in the same pass as model.depth
     tile: int = 256  # images per tile side
     job: int = 0  # this job's index: it computes tiles job, job + num_jobs, ...
     num_jobs: int = 1
@@ -56,21 +64,42 @@ class Config(StoreConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.tile >= 1, "experiment.tile", f"must be >= 1, got {self.tile}")
+        check(all(isinstance(d, int) and not isinstance(d, bool) for d in self.depths), "experiment.depths",
+              f"must be a list of integer depths, got {self.depths!r}")
+        check(len(set(self.depths)) == len(self.depths), "experiment.depths", f"has repeats: {self.depths!r}")
         check(self.num_jobs >= 1, "experiment.num_jobs", f"must be >= 1, got {self.num_jobs}")
         check(0 <= self.job < self.num_jobs, "experiment.job",
               f"must be in [0, experiment.num_jobs={self.num_jobs}), got {self.job}")
 
 
-def store_path(cfg: RunConfig | dict[str, Any]) -> Path:
-    """experiment.store, or the default name made of everything that identifies the matrix: the data,
-    the architecture (``Architecture.slug``), the sizes, the kernel and the dtype."""
+def readouts(cfg: RunConfig | dict[str, Any]) -> list[tuple[int, str]]:
+    """The (depth, kind) kernels a config fills: model.depth and experiment.depths (gram), times
+    experiment.kind (both: NTK and NNGP)."""
     get = (lambda k: _dig(cfg, k)) if isinstance(cfg, dict) else (lambda k: _attr(cfg, k))
+    kind, depth = get("experiment.kind"), _architecture(cfg).depth
+    depths = [depth] + [int(d) for d in (get("experiment.depths") or []) if int(d) != depth]
+    return [(d, k) for d in depths for k in (("ntk", "nngp") if kind == "both" else (kind,))]
+
+
+def store_path(cfg: RunConfig | dict[str, Any], readout: tuple[int, str] | None = None) -> Path:
+    """Where the kernel ``readout`` = (depth, kind) of this config lives (default: model.depth and
+    experiment.kind): experiment.store (with a DEPTH-KIND subfolder when the config fills more than
+    one kernel), or the default name made of everything that identifies the matrix: the data, the
+    architecture at that depth (``Architecture.slug``), the sizes, the kernel and the dtype."""
+    get = (lambda k: _dig(cfg, k)) if isinstance(cfg, dict) else (lambda k: _attr(cfg, k))
+    depth, kind = readout or (_architecture(cfg).depth, get("experiment.kind"))
     if get("experiment.store"):
-        return Path(get("experiment.store"))
-    name = [get("data.name"), _architecture(cfg).slug, f"{get('data.n_train')}x{get('data.n_test')}",
-            get("experiment.kind"), get("dtype")]
+        root = Path(get("experiment.store"))
+        return root / f"depth{depth}-{kind}" if len(readouts(cfg)) > 1 else root
+    name = [get("data.name"), dataclasses.replace(_architecture(cfg), depth=depth).slug,
+            f"{get('data.n_train')}x{get('data.n_test')}", kind, get("dtype")]
     name += [f"seed{get('data.seed')}"] * bool(get("data.seed"))
     return Path("stores") / "-".join(str(p) for p in name)
+
+
+def store_paths(cfg: RunConfig | dict[str, Any]) -> list[Path]:
+    """Every store a config fills (one per ``readouts``)."""
+    return [store_path(cfg, r) for r in readouts(cfg)]
 
 
 def _architecture(cfg: RunConfig | dict[str, Any]) -> Architecture:
@@ -81,8 +110,9 @@ def _architecture(cfg: RunConfig | dict[str, Any]) -> Architecture:
 
 
 def _attr(obj: Any, key: str) -> Any:
+    """obj.a.b for key "a.b"; None where a config has no such key (solve has no experiment.depths)."""
     for part in key.split("."):
-        obj = getattr(obj, part)
+        obj = getattr(obj, part, None)
     return obj
 
 
@@ -92,17 +122,19 @@ def _dig(doc: dict, key: str) -> Any:
     return doc
 
 
-def open_stores(cfg: RunConfig, data: Dataset, dtype: torch.dtype):
-    """(train store, test x train store or None, train inputs, test inputs) for this config."""
-    arch = cfg.model.architecture()
+def open_stores(cfg: RunConfig, data: Dataset, dtype: torch.dtype, readout: tuple[int, str] | None = None):
+    """(train store, test x train store or None, train inputs, test inputs) of one kernel of this
+    config (``readout`` = (depth, kind); default: model.depth and experiment.kind)."""
+    depth, kind = readout or (cfg.model.depth, cfg.experiment.kind)
+    arch = dataclasses.replace(cfg.model.architecture(), depth=depth)
     xtr = arch.inputs(data.x_train.to(dtype))
     xte = arch.inputs(data.x_test.to(dtype))
-    root = store_path(cfg)
+    root = store_path(cfg, (depth, kind))
     ids = data.identity("train"), data.identity("test")
+    tile = cfg.experiment.tile
     try:
-        train = TileStore.open(root / "train", xtr, None, arch, cfg.experiment.kind, cfg.experiment.tile, (ids[0], None))
-        test = (TileStore.open(root / "test_train", xte, xtr, arch, cfg.experiment.kind, cfg.experiment.tile, (ids[1], ids[0]))
-                if len(xte) else None)
+        train = TileStore.open(root / "train", xtr, None, arch, kind, tile, (ids[0], None))
+        test = TileStore.open(root / "test_train", xte, xtr, arch, kind, tile, (ids[1], ids[0])) if len(xte) else None
         labels = root / "labels.npz"
         if not labels.exists():
             buf = io.BytesIO()
@@ -130,43 +162,50 @@ def tiles_done(root: str | Path) -> int:
 
 def interrupt_note(configs: list[dict[str, Any]]) -> str:
     """What an interrupted sweep of gram jobs (their configs) kept: the tiles of their stores."""
-    stores = {str(store_path(c)) for c in configs}
+    stores = {str(p) for c in configs for p in store_paths(c)}
     return f"{sum(tiles_done(s) for s in stores)} tiles kept, rerun the same command to resume"
 
 
 def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:
     g = cfg.experiment
-    train, test, xtr, xte = open_stores(cfg, data, dtype)
-    tasks = [(train, "train", ij, xtr, None) for ij in train.meta.tiles()]
-    if test is not None:
-        tasks += [(test, "test_train", ij, xte, xtr) for ij in test.meta.tiles()]
+    kernels = readouts(cfg)
+    opened = [open_stores(cfg, data, dtype, r) for r in kernels]  # [(train, test, xtr, xte)] per kernel
+    xtr, xte = opened[0][2], opened[0][3]
+    trains, tests = [o[0] for o in opened], [o[1] for o in opened]
+    tasks = [(trains, "train", ij, xtr, None) for ij in trains[0].meta.tiles()]
+    if tests[0] is not None:
+        tasks += [(tests, "test_train", ij, xte, xtr) for ij in tests[0].meta.tiles()]
     mine = tasks[g.job :: g.num_jobs]
     rows = []
     try:
-        for store, name, (i, j), r, c in tqdm(mine, desc=f"gram job {g.job}/{g.num_jobs}", unit="tile",
-                                              disable=not cfg.progress):
+        for stores, name, (i, j), r, c in tqdm(mine, desc=f"gram job {g.job}/{g.num_jobs}", unit="tile",
+                                               disable=not cfg.progress):
             t0 = time.perf_counter()
             try:
-                before = store.compute_tile(i, j, r, c, device=device, backend=g.backend)
+                before = compute_tile_group(stores, i, j, r, c, device=device, backend=g.backend)
             except OSError as err:
-                raise ConfigError(_unwritable(err, store.path)) from None
+                raise ConfigError(_unwritable(err, stores[0].path)) from None
             seconds = time.perf_counter() - t0
             if ENDING["signal"] is not None:  # a Ctrl-C / SIGTERM whose KeyboardInterrupt a library swallowed
                 raise KeyboardInterrupt
-            rs, cs = store.bounds(i, j)
+            rs, cs = stores[0].bounds(i, j)
             n = (rs.stop - rs.start) * (cs.stop - cs.start)
-            if store.meta.symmetric and i == j:
+            if stores[0].meta.symmetric and i == j:
                 n = (rs.stop - rs.start) * (rs.stop - rs.start + 1) // 2
-            rows.append({
-                "store": str(store.path), "block": name, "tile_row": i, "tile_col": j, "job": g.job,
-                "tile_sha256": store.checksum(i, j),
-                "num_jobs": g.num_jobs, "state_before": before, "entries": 0 if before == "done" else n,
-                "seconds": seconds, "readout": cfg.model.readout, "depth": cfg.model.depth, "kind": g.kind,
-            })
+            share = sum(b != "done" for b in before)
+            for store, state, (depth, kind) in zip(stores, before, kernels):
+                rows.append({
+                    "store": str(store.path), "block": name, "tile_row": i, "tile_col": j, "job": g.job,
+                    "tile_sha256": store.checksum(i, j),
+                    "num_jobs": g.num_jobs, "state_before": state, "entries": 0 if state == "done" else n,
+                    "seconds": seconds / share if share and state != "done" else 0.0,
+                    "readout": cfg.model.readout, "depth": depth, "kind": kind, "pass_kernels": share,
+                })
     except KeyboardInterrupt:
         from experiments.harness.runner import Interrupted
 
-        raise Interrupted(f"{tiles_done(store_path(cfg))} tiles kept, rerun the same command to resume") from None
+        raise Interrupted(f"{sum(tiles_done(p) for p in store_paths(cfg))} tiles kept, rerun the same command to "
+                          "resume") from None
     return rows
 
 

@@ -211,24 +211,46 @@ def _cells(rows: list[dict]) -> dict:
     return cells
 
 
+def _interval_name(seeds: int) -> str:
+    return "two-level bootstrap (seeds x images)" if seeds > 1 else "bootstrap over images (1 seed)"
+
+
+def _holm_per_setting(out: list[dict]) -> None:
+    """Holm within each family = one setting (data set) of the run: all its network-vs-kernel McNemar
+    tests (every readout, depth, method, width and seed).  Turns each row's raw ``_p`` list into the
+    strings ``mcnemar_p`` and ``holm_p`` (per seed), with ``holm_family_size`` and ``holm_survivors``."""
+    tested = [s for s in out if "_p" in s]
+    families = [s["setting"] for s in tested for _ in s["_p"]]
+    adjusted = iter(stats.holm_by_family([p for s in tested for p in s["_p"]], families))
+    for s in tested:
+        raw = s.pop("_p")
+        holm = [float(next(adjusted)) for _ in raw]
+        s.update(mcnemar_p=" / ".join(f"{x:.2g}" for x in raw), holm_p=" / ".join(f"{x:.2g}" for x in holm),
+                 holm_family_size=families.count(s["setting"]), holm_survivors=sum(x < 0.05 for x in holm))
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per (setting, readout, depth, method, width): accuracy over seeds with its bootstrap interval,
-    the paired difference to the exact kernel (bootstrap interval) and McNemar p per seed."""
+    """Per (setting, readout, depth, method, width): accuracy over seeds with its interval (the kernel:
+    Wilson; S seeds of nets: two-level bootstrap over seeds and test images), the paired difference to
+    the exact kernel (two-level bootstrap: the net's seeds and the shared images resampled), and the
+    McNemar p per seed with its Holm-adjusted p (family: every network-vs-kernel test of the setting)."""
     out = []
     for (setting, readout, depth), cell in sorted(_cells(rows).items(), key=lambda kv: tuple(map(str, kv[0]))):
         kern = cell.get("kernel")
         kc = stats.decode(kern["correct"]) if kern else None
         if kern:
-            acc, lo, hi = stats.bootstrap_accuracy(kc)
+            acc, lo, hi = stats.wilson_accuracy(kc)
             out.append({"setting": setting, "net": cell["net"], "readout": readout, "depth": depth, "method": "kernel", "width": 0,
-                        "seeds": 1, "accuracy": acc, "acc_lo": lo, "acc_hi": hi, "n_test": kern["n_test"]})
+                        "seeds": 1, "accuracy": acc, "acc_lo": lo, "acc_hi": hi, "interval": "Wilson",
+                        "n_test": kern["n_test"]})
         for key in sorted(k for k in cell if k not in ("kernel", "net")):
             method, width = key
             sel = sorted(cell[key], key=lambda r: r["seed"])
             c = np.stack([stats.decode(r["correct"]) for r in sel])
-            acc, lo, hi = stats.bootstrap_accuracy(c)
+            acc, lo, hi = stats.bootstrap_two_level(c)
             row = {"setting": setting, "net": cell["net"], "readout": readout, "depth": depth, "method": method, "width": width,
-                   "seeds": len(sel), "accuracy": acc, "acc_lo": lo, "acc_hi": hi, "n_test": sel[0]["n_test"],
+                   "seeds": len(sel), "accuracy": acc, "acc_lo": lo, "acc_hi": hi, "interval": _interval_name(len(sel)),
+                   "n_test": sel[0]["n_test"],
                    "chosen": ", ".join(f"{k}={sel[0][k]}" for k in ("route", "kappa", "lr_fraction", "lr", "epochs")
                                        if sel[0].get(k) is not None),
                    "val_accuracy": sel[0]["val_accuracy"],
@@ -236,11 +258,11 @@ def summarize(rows: list[dict]) -> list[dict]:
                    "max_final_train_loss": max(r["final_train_loss"] for r in sel),
                    "min_train_accuracy": min(r["train_accuracy"] for r in sel)}
             if kc is not None:
-                d, dlo, dhi = stats.bootstrap_difference(c, kc)
-                tests = [stats.mcnemar(ci, kc) for ci in c]
-                row.update(diff_to_kernel=d, diff_lo=dlo, diff_hi=dhi,
-                           mcnemar_p=" / ".join(f"{t['p']:.2g}" for t in tests), kernel_accuracy=float(kc.mean()))
+                d, dlo, dhi = stats.bootstrap_two_level_difference(c, kc)
+                row.update(diff_to_kernel=d, diff_lo=dlo, diff_hi=dhi, kernel_accuracy=float(kc.mean()),
+                           _p=[stats.mcnemar(ci, kc)["p"] for ci in c])
             out.append(row)
+    _holm_per_setting(out)
     return out
 
 
@@ -311,7 +333,8 @@ def plot(doc: dict, out_dir: str | Path):
     fig.text(0.5, 0.0,
              f"{common(rows, 'data')}: {n_train} training images, {n_test} test images; hyperparameters (route / κ, lr, "
              f"epochs) chosen on {n_val} validation images from the training pool.  Lines: mean over seeds with a 95 % "
-             f"bootstrap interval over test images; points: seeds; black: kernel regression (band: its interval).\n"
+             f"two-level bootstrap interval (seeds and test images resampled); points: seeds; black: kernel regression "
+             f"(band: its Wilson interval).\n"
              f"Trained to (every net): {'; '.join(trained)}.\nRegime: small data ({n_train} images), where kernels are "
              "known to match or beat CNNs (Arora et al. 2020); the paper's CIFAR-10 finding (CNN-GAP about 5-6 points "
              "above CNTK-GAP) is a 50,000-image result.",
@@ -327,18 +350,28 @@ def _pct(s: dict, key: str = "accuracy", lo: str = "acc_lo", hi: str = "acc_hi")
 
 
 def _table(summary: list[dict]) -> str:
-    lines = ["| net | depth | width | accuracy % [95 % CI] | minus kernel, points [95 % CI] | McNemar p vs kernel (per seed) "
-             "| chosen on validation | val % | final train loss (max) | train acc % (min) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """table.md: a header saying which interval each row has and what Holm's families are; one row per model."""
+    families = {s["setting"]: s["holm_family_size"] for s in summary if "holm_family_size" in s}
+    lines = ["Intervals: the kernel (one deterministic model): Wilson 95 %; the nets (S seeds): two-level bootstrap 95 % "
+             "(each resample draws S seeds and the test images with replacement); minus kernel: the same, paired on "
+             "the images.",
+             "McNemar per seed against the kernel; Holm family: every network-vs-kernel test of the run"
+             + "".join(f"{' [' + k + ']' if k else ''} (m = {m})" for k, m in families.items())
+             + "; Holm p < 0.05 survives.", "",
+             "| net | depth | width | accuracy % [95 % CI] | interval | minus kernel, points [95 % CI] "
+             "| McNemar p vs kernel (per seed) | Holm p (family) | chosen on validation | val % | final train loss (max) "
+             "| train acc % (min) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         name = re.sub(r", depth \d+", "", s["net"])
         name += f" [{s['setting']}]" if s["setting"] else ""
         if s["method"] == "kernel":
-            lines.append(f"| {name.replace('CNN', 'CNTK')} (kernel) | {s['depth']} | ∞ | {_pct(s)} | | | no ridge | | | |")
+            lines.append(f"| {name.replace('CNN', 'CNTK')} (kernel) | {s['depth']} | ∞ | {_pct(s)} | {s['interval']} "
+                         "| | | | no ridge | | | |")
             continue
         diff = f"{100 * s['diff_to_kernel']:+.1f} [{100 * s['diff_lo']:+.1f}, {100 * s['diff_hi']:+.1f}]" if "diff_to_kernel" in s else ""
         lines.append(f"| {name}, {'NTK twin' if s['method'] == 'ntk_net' else 'standard'} | {s['depth']} | {s['width']} "
-                     f"| {_pct(s)} | {diff} | {s.get('mcnemar_p', '')} | {s['chosen']} | {100 * s['val_accuracy']:.1f} "
+                     f"| {_pct(s)} | {s['interval']} | {diff} | {s.get('mcnemar_p', '')} | {s.get('holm_p', '')} "
+                     f"| {s['chosen']} | {100 * s['val_accuracy']:.1f} "
                      f"| {s['max_final_train_loss']:.3g} | {100 * s['min_train_accuracy']:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The paper's Table 1 at this machine's scale, with the GP kernels beside and intervals:
 #   CNN-V  kernels (CNTK-V, CNN-GP-V) at V_TRAIN train / V_TEST test images, depths V_DEPTHS;
-#   CNN-GAP kernels (CNTK-GAP with the paper's "fix", CNN-GP-GAP) at GAP_TRAIN / GAP_TEST, depths
-#   GAP_DEPTHS, and CNN-V kernels on the same images (the paired GAP vs V comparison);
+#   CNN-GAP kernels (CNTK-GAP with and without the paper's "fix", CNN-GP-GAP) at GAP_TRAIN / GAP_TEST,
+#   depths GAP_DEPTHS, and the CNN-V kernels on the same images, also with and without fix (the paired
+#   GAP vs V comparison at equal fix); every depth and both kinds of one network in one pass;
 # kernel regression (no ridge, and a ridge chosen by cross-validation on the training kernel), then
 # the report: table1.table.md (accuracies with 95 % intervals, cost per kernel), table1.tests.md
 # (McNemar / paired bootstrap: GAP vs V, CNTK vs CNN-GP, depth to depth), table1.paper.md (the
@@ -29,21 +30,32 @@ JOBLIST="$(seq -s, 0 $((JOBS - 1)))"
 PARALLEL=(); [[ "$LAUNCHER" == local_parallel ]] && PARALLEL=(hydra.launcher.n_jobs="$JOBS")
 SOLVES=()
 
-block() {  # NAME N_TRAIN N_TEST MODEL-OVERRIDES...: gram (tiles over JOBS jobs) then solve, one sweep each
-    local name="$1" ntr="$2" nte="$3"; shift 3
+# one gram pass per network fills the stores of every depth (and both kinds where asked); solve
+# then reads each store by its own model.depth and experiment.kind
+deepest() { tr , '\n' <<<"$1" | sort -n | tail -1; }
+others() { local d="$1" all="$2"; tr , '\n' <<<"$all" | grep -vx "$d" | paste -sd, -; }
+
+block() {  # NAME N_TRAIN N_TEST DEPTHS KINDS MODEL-OVERRIDES...: one gram pass (tiles over JOBS jobs), then solve
+    local name="$1" ntr="$2" nte="$3" depths="$4" kinds="$5"; shift 5
     local common=(data="$DATA" data.n_train="$ntr" data.n_test="$nte" dtype=float32 "$@" "${EXTRA[@]}")
+    local top; top="$(deepest "$depths")"
+    local gram_kind="$kinds"; [[ "$kinds" == ntk,nngp ]] && gram_kind=both
     echo "== gram $name: $OUT/$name/gram" >&2
-    "$PY" run.py -m experiment=gram "${common[@]}" experiment.tile=128 experiment.job="$JOBLIST" \
-        experiment.num_jobs="$JOBS" hydra/launcher="$LAUNCHER" "${PARALLEL[@]}" hydra.sweep.dir="$OUT/$name/gram"
+    "$PY" run.py -m experiment=gram "${common[@]}" model.depth="$top" "experiment.depths=[$(others "$top" "$depths")]" \
+        experiment.kind="$gram_kind" experiment.tile=128 experiment.job="$JOBLIST" experiment.num_jobs="$JOBS" \
+        hydra/launcher="$LAUNCHER" "${PARALLEL[@]}" hydra.sweep.dir="$OUT/$name/gram"
     echo "== solve $name: $OUT/$name/solve" >&2
-    "$PY" run.py -m experiment=solve "${common[@]}" hydra.sweep.dir="$OUT/$name/solve"
+    "$PY" run.py -m experiment=solve "${common[@]}" model.depth="$depths" experiment.kind="$kinds" \
+        hydra.sweep.dir="$OUT/$name/solve"
     SOLVES+=("$OUT/$name/solve")
 }
 
 EXTRA=("$@")
-block v_ntk_nngp "$V_TRAIN" "$V_TEST" model=cnn_v "model.depth=$V_DEPTHS" experiment.kind=ntk,nngp
-block gap_ntk_fix "$GAP_TRAIN" "$GAP_TEST" model=cnn_gap "model.depth=$GAP_DEPTHS" experiment.kind=ntk model.fix_first_last=true
-block gap_nngp "$GAP_TRAIN" "$GAP_TEST" model=cnn_gap "model.depth=$GAP_DEPTHS" experiment.kind=nngp
-block v_small "$GAP_TRAIN" "$GAP_TEST" model=cnn_v "model.depth=$GAP_DEPTHS" experiment.kind=ntk,nngp
+block v "$V_TRAIN" "$V_TEST" "$V_DEPTHS" ntk,nngp model=cnn_v
+# the GAP vs V comparisons at equal fix: each readout with and without the paper's fix, on the same images
+block gap "$GAP_TRAIN" "$GAP_TEST" "$GAP_DEPTHS" ntk,nngp model=cnn_gap
+block gap_fix "$GAP_TRAIN" "$GAP_TEST" "$GAP_DEPTHS" ntk model=cnn_gap model.fix_first_last=true
+block v_small "$GAP_TRAIN" "$GAP_TEST" "$GAP_DEPTHS" ntk,nngp model=cnn_v
+block v_small_fix "$GAP_TRAIN" "$GAP_TEST" "$GAP_DEPTHS" ntk model=cnn_v model.fix_first_last=true
 "$PY" -m experiments.harness.table1_report "${SOLVES[@]}" --out "$OUT/report" ${NETWORKS:+--networks "$NETWORKS"}
 cat "$OUT/report/table1.table.md" "$OUT/report/table1.tests.md"

@@ -358,3 +358,37 @@ def test_solve_without_test_images_says_so(tmp_path):
     proc = run_py("experiment=solve", *small, f"experiment.store={store}", f"hydra.run.dir={tmp_path / 's'}",
                   cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "needs test images" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_one_pass_gram_fills_one_store_per_depth_and_kind(tmp_path):
+    """experiment.kind=both + experiment.depths: every (depth, kind) store equals the direct kernel,
+    solve reads each by its own settings, and a lost tile of one store is refilled alone."""
+    d = load(data_config("digits", n_train=10, n_test=4))
+    store = tmp_path / "store"
+    common = ["data.n_train=10", "data.n_test=4", "dtype=float64", f"experiment.store={store}"]
+    run_py("experiment=gram", *common, "experiment.kind=both", "experiment.depths=[2,4]", "experiment.tile=4",
+           f"hydra.run.dir={tmp_path / 'g'}", cwd=tmp_path)
+    for depth in (3, 2, 4):
+        arch = cntk.Architecture(depth=depth)
+        for kind in ("ntk", "nngp"):
+            root = store / f"depth{depth}-{kind}"
+            np.testing.assert_allclose(TileStore.load(root / "train").assemble(),
+                                       cntk.kernel(d.x_train, None, arch, kind).numpy(), rtol=1e-12)
+            np.testing.assert_allclose(TileStore.load(root / "test_train").assemble(),
+                                       cntk.kernel(d.x_test, d.x_train, arch, kind).numpy(), rtol=1e-12)
+    run_py("experiment=solve", "data.n_train=10", "data.n_test=4", "dtype=float64", "model.depth=4",
+           "experiment.kind=nngp", f"experiment.store={store / 'depth4-nngp'}", f"hydra.run.dir={tmp_path / 's'}",
+           cwd=tmp_path)
+    wrong = run_py("experiment=solve", "data.n_train=10", "data.n_test=4", "dtype=float64", "model.depth=3",
+                   "experiment.kind=nngp", f"experiment.store={store / 'depth4-nngp'}", cwd=tmp_path, check=False)
+    assert wrong.returncode != 0 and "depth" in wrong.stderr
+    (store / "depth2-nngp" / "train" / "tiles" / "r0_c1.npy").unlink()
+    run_py("experiment=gram", *common, "experiment.kind=both", "experiment.depths=[2,4]", "experiment.tile=4",
+           f"hydra.run.dir={tmp_path / 'g2'}", cwd=tmp_path)
+    import json
+
+    rows = json.loads((tmp_path / "g2" / "results.json").read_text())["rows"]
+    redone = [(r["depth"], r["kind"], r["block"], r["tile_row"], r["tile_col"]) for r in rows if r["state_before"] != "done"]
+    assert redone == [(2, "nngp", "train", 0, 1)]
+    np.testing.assert_allclose(TileStore.load(store / "depth2-nngp" / "train").assemble(),
+                               cntk.kernel(d.x_train, None, cntk.Architecture(depth=2), "nngp").numpy(), rtol=1e-12)

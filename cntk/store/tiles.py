@@ -12,7 +12,9 @@ Layout of a store folder:
                             belongs to (a tile is never counted for another matrix; if both meta
                             files are lost, the next gram run rewrites them from its settings and
                             keeps exactly the tiles written for those settings)
-    tiles/r{I}_c{J}.seconds its compute time (for the cost of a kernel; not part of its identity)
+    tiles/r{I}_c{J}.seconds its compute time (for the cost of a kernel; not part of its identity; a
+                            tile computed in one pass with other stores' (``compute_tile_group``)
+                            records its equal share of the pass)
 
 Both files are written atomically (temporary file + rename), so a killed job leaves at most a
 tile without its checksum, which counts as missing; a tile whose bytes do not match its checksum
@@ -40,6 +42,7 @@ import torch
 
 from cntk.api import kernel
 from cntk.architecture import Architecture
+from cntk.depths import kernels
 from cntk.store.atomic import write_atomic
 
 
@@ -266,6 +269,10 @@ class TileStore:
         self.write_tile(i, j, block.cpu().numpy(), seconds=time.perf_counter() - t0)
         return state
 
+    def readout(self) -> tuple[int, str]:
+        """(depth, kind) of the matrix this store holds."""
+        return int(self.meta.arch["depth"]), self.meta.kind
+
     def cost(self) -> dict[str, float]:
         """Kernel entries and compute seconds of the timed tiles ({'entries', 'seconds', 'timed_tiles', 'tiles'})."""
         entries, seconds, timed = 0, 0.0, 0
@@ -346,3 +353,47 @@ class TileStore:
             raise ValueError(f"{self.path}: {bad['missing']} tiles missing and {bad['failed']} failed: "
                              "rerun experiment=gram with the same settings to complete it")
         return out
+
+
+def _same_but_readout(stores: list[TileStore]) -> None:
+    """Raise unless the stores hold one architecture's kernels of the same inputs and tiling, apart
+    from the depth and the kind (what one pass of ``cntk.kernels`` can fill)."""
+    def key(s: TileStore) -> dict:
+        m = asdict(s.meta)
+        m["arch"] = {k: v for k, v in m["arch"].items() if k != "depth"}
+        return {k: v for k, v in m.items() if k != "kind"}
+
+    first = key(stores[0])
+    for s in stores[1:]:
+        if key(s) != first:
+            raise ValueError(f"{s.path} and {stores[0].path} differ in more than depth and kind "
+                             f"({_differences(key(stores[0]), key(s))}): they cannot share one pass")
+
+
+def compute_tile_group(stores: list[TileStore], i: int, j: int, rows: torch.Tensor, cols: torch.Tensor | None,
+                       **kernel_options) -> list[str]:
+    """Tile (i, j) of every store that lacks it, in one pass (``cntk.kernels``: every depth and kind
+    from one recursion) when more than one does.  The stores hold the same architecture's kernels of
+    the same inputs and tiling at several depths and kinds (else ValueError).  Returns each store's
+    state before ('done', 'missing', 'failed'); each written tile records an equal share of the
+    pass's seconds."""
+    if not stores:
+        raise ValueError("compute_tile_group needs at least one store")
+    _same_but_readout(stores)
+    states = [s.state(i, j) for s in stores]
+    todo = [s for s, state in zip(stores, states) if state != "done"]
+    if len(todo) == 1:
+        todo[0].compute_tile(i, j, rows, cols, **kernel_options)
+    elif todo:
+        lead = todo[0]
+        arch = Architecture(**lead.meta.arch)
+        depths = sorted({s.readout()[0] for s in todo})
+        kinds = [k for k in ("ntk", "nngp") if any(s.readout()[1] == k for s in todo)]
+        rs, cs = lead.bounds(i, j)
+        other = None if lead.meta.symmetric and i == j else (rows if cols is None else cols)[cs]
+        t0 = time.perf_counter()
+        blocks = kernels(rows[rs], other, arch, depths=depths, kinds=kinds, progress=False, **kernel_options)
+        share = (time.perf_counter() - t0) / len(todo)
+        for s in todo:
+            s.write_tile(i, j, blocks[s.readout()].cpu().numpy(), seconds=share)
+    return states

@@ -1,7 +1,8 @@
 """The Table 1 analog from several solve sweeps (e.g. CNN-V at several thousand training images and
-CNN-GAP at the size its cost allows): one table with intervals and costs, the paired tests, the
-paper's CIFAR-10 column in its own table, one figure; optionally the finite CNNs of a
-kernel_vs_network run beside.
+CNN-GAP at the size its cost allows): one table with Wilson intervals and costs, the paired tests
+at both ridge settings (no ridge, CV ridge) with Holm-adjusted p within stated families, the
+paper's CIFAR-10 column in its own table, one figure (accuracies, and the paired differences per
+comparison family); optionally the finite CNNs of a kernel_vs_network run beside.
 
     python -m experiments.harness.table1_report SOLVE_SWEEP [SOLVE_SWEEP ...] --out figures/ [--networks RUN]
 
