@@ -2,6 +2,8 @@
 
     benchmarks/peer_layers.sh          # builds / reuses benchmarks/.peer-venv, runs both sides, prints the table
 
+    python benchmarks/peer_layers.py speed   # Myrtle-5 on 32x32x3, float32: entries/s of our backends
+
 Each network of ``NETWORKS`` is written once as a list of layer specs; ``ours`` builds it from
 ``cntk.layers`` and ``peer`` from ``neural_tangents.stax`` with the parameters that make the two
 the same network (stax divides by fan_in = q^2 C_in like our layers; our unit first layer is
@@ -164,9 +166,37 @@ def table(peer_path: str, ours_path: str) -> None:
             print(f"| {name} | {kind} | {rel:.2e} | {ratio.mean():.6g}, {(ratio.max() - ratio.min()) / ratio.mean():.2e} |")
 
 
+def speed(budget_s: float = 20.0) -> None:
+    """Entries/s of Myrtle-5 (``cntk.presets.myrtle(5)``) on random 32x32x3 float32 images, every
+    backend that computes it here in one run: an n x n cross block per backend, n grown until one
+    call takes about budget_s / 4 (a first small call compiles numba's kernels, not timed)."""
+    import time
+
+    import torch
+
+    import cntk
+    from cntk import presets
+
+    net = presets.myrtle(5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 32, 32, generator=g).float()
+    print(f"Myrtle-5, 32x32x3, float32, ntk; torch threads {torch.get_num_threads()}")
+    for backend in cntk.backends_for(net, "cpu"):
+        cntk.kernel(x[:1], x[1:2], net, backend=backend)  # warm-up / compilation
+        n, took = 1, 0.0
+        while took < budget_s / 4 and n <= 32:
+            start = time.perf_counter()
+            cntk.kernel(x[:n], x[32 : 32 + n], net, backend=backend, progress=False)
+            took = time.perf_counter() - start
+            n *= 2
+        print(f"{backend:>10}: {(n // 2) ** 2 / took:10.1f} entries/s ({(n // 2) ** 2} entries in {took:.2f} s)")
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
-    if mode == "peer":
+    if mode == "speed":
+        speed()
+    elif mode == "peer":
         json.dump(peer(), sys.stdout)
     elif mode == "ours":
         json.dump(ours(), sys.stdout)

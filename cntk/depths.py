@@ -49,6 +49,8 @@ def prefix_layers(nets: dict[int, Network]) -> dict[int, int] | str:
         cd = chain(net)
         if isinstance(cd, str):
             return cd
+        if c.pooled or cd.pooled:  # the readout sums of one pass are per activation layer, not per stage
+            return "pooled networks (their readouts follow a pool) are computed one depth at a time"
         n = cd.n_act_layers
         same = (cd.family, cd.readout, cd.filter_size) == (c.family, c.readout, c.filter_size)
         prefix = (cd.acts == c.acts[:n] and cd.w2[:n] == c.w2[:n] and cd.b2[:n] == c.b2[:n]

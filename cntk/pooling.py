@@ -15,11 +15,13 @@ from .core_layers import Layer, Shape, _diag
 class AvgPool(Layer):
     """k x k average pooling with stride k (H and W divisible by k).
 
-    Across a pool the offset-plane structure of the fast backends does not carry plane by plane:
-    an output offset D gathers the input offsets k D + (-(k-1) .. k-1) in each axis, (2k - 1)^2
-    input planes per output plane, and the pooled per-image diagonals need the self pair's planes
-    near zero offset, not its zero plane alone.  Hence only the reference backend computes pooled
-    networks (the pixel count falls k^2-fold at each pool, which keeps it affordable)."""
+    On offset planes (docs/conventions.md) a pool does not carry plane by plane: an output offset D
+    gathers the input offsets k D + (-(k-1) .. k-1) in each axis, (2k - 1)^2 input planes per output
+    plane, and the pooled per-image diagonals need the self pair's planes near zero offset, not its
+    zero plane alone.  The fast backends (planes, numba) therefore run pooled chains stage by stage,
+    folding every plane of a stage into the next stage's planes at each pool, and compute the
+    diagonals by each image's own recursion on the planes near zero offset (``planes.self_stds``);
+    the rule below, on full P x P matrices, is the reference they are tested against."""
 
     KIND: ClassVar[str] = "pool"
     k: int = 2

@@ -14,6 +14,7 @@ import cntk
 from cntk import activations as A, graph as G, layers as L, presets as P
 
 DEVICE = os.environ.get("CNTK_TEST_DEVICE", "cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: torch's intra-op threads only contend
 
 # name -> (network, input shape): the paper's family, its variants, the new layers, the presets
 NETWORKS = {
@@ -30,6 +31,11 @@ NETWORKS = {
     "fc-abrelu-bias": (P.fc_net(4, act=A.ABReLU(a=-0.3, b=1.5), b_var=0.1), (9,)),
     "fc-erf": (P.fc_net(3, act=A.Erf()), (7,)),
     "myrtle-5": (P.myrtle(5), (1, 8, 8)),
+    "pool-erf-bias-gap": (L.Network((L.Conv(3, w_var=None, b_var=0.2), L.Act(A.Erf()), L.AvgPool(2), L.Conv(3, b_var=0.2),
+                                     L.Act(A.Erf()), L.GlobalAvgPool(), L.Dense(w_var=2 / 9, b_var=0.2)), "pool-erf"), (2, 8, 6)),
+    "pool-abrelu-v-bias": (L.Network((L.Conv(3, w_var=None, b_var=0.1), L.Act(A.ABReLU(a=0.2, b=1.0)), L.AvgPool(2),
+                                      L.Conv(3, b_var=0.1, trainable=False), L.Act(A.ABReLU(a=0.2, b=1.0)), L.AvgPool(2),
+                                      L.Flatten(), L.Dense(w_var=2 / 9, b_var=0.1)), "pool-abrelu-V"), (1, 8, 8)),
     "gelu-gap": (P.paper_cnn(3, "gap", act=A.Gelu()), (2, 5, 5)),
     "sin-v-bias": (P.paper_cnn(3, "flatten", act=A.Sin(a=1.2, b=0.8, c=0.3), b_var=0.2), (1, 5, 4)),
     "fc-gelu": (P.fc_net(3, act=A.Gelu()), (7,)),
@@ -148,7 +154,7 @@ def test_auto_picks_the_fastest_backend_that_computes_the_network():
     paper = cntk.Architecture(depth=3)
     assert cntk.choose_backend(paper, "cpu").NAME == ("numba" if "numba" in cntk.available_backends() else "planes")
     assert cntk.choose_backend(P.paper_cnn(3, "gap", act=A.Gelu()), "cpu").NAME == "planes"  # numba: ReLU / ABReLU / Erf
-    assert cntk.backends_for(P.myrtle(5)) == ["reference"]  # pooling
+    assert cntk.backends_for(P.myrtle(5))[-2:] == ["planes", "reference"]  # pooling
     assert cntk.backends_for(P.resnet(1)) == ["reference"]  # a graph
     assert cntk.choose_backend(P.fc_net(3), "cpu").NAME == "vector"
     assert all(cntk.backends_for(net)[-1] == "reference" for net, _ in NETWORKS.values())
@@ -156,7 +162,8 @@ def test_auto_picks_the_fastest_backend_that_computes_the_network():
 
 @pytest.mark.parametrize("backend, net, words", [
     ("numba", P.paper_cnn(3, "gap", act=A.Gelu()), "compiles ReLU, ABReLU and Erf"),
-    ("planes", P.myrtle(5), "AvgPool"),
+    ("planes", L.Network((L.Conv(3, w_var=None), L.AvgPool(2), L.Act(), L.GlobalAvgPool(), L.Dense()), "conv-pool"),
+     "AvgPool does not follow an activation"),
     ("vector", cntk.Architecture(depth=3), "convolutional"),
     ("planes", P.fc_net(3), "fully connected"),
     ("planes", P.resnet(1), "graph network"),

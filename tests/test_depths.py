@@ -74,3 +74,14 @@ def test_bad_inputs_are_refused_like_kernel(images):
         cntk.kernels(images, images[:, :1], cntk.Architecture(), depths=(3,))
     with pytest.raises(ValueError, match="NaN or inf"):
         cntk.kernels(images * float("nan"), None, cntk.Architecture(), depths=(3,))
+
+
+def test_pooled_networks_fall_back_to_one_depth_at_a_time():
+    """Myrtle-5 is not a prefix of Myrtle-7 layer by layer (their pools differ): kernels() still equals
+    the reference at each depth, never the readout of another network."""
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    arch = cntk.Architecture(family="myrtle", depth=7)
+    got = cntk.kernels(x, None, arch, depths=(5, 7), kinds=("ntk", "nngp"))
+    for (d, k), v in got.items():
+        ref = cntk.kernel(x, None, cntk.Architecture(family="myrtle", depth=d), k, backend="reference")
+        torch.testing.assert_close(v, ref, rtol=1e-12, atol=0)

@@ -152,3 +152,25 @@ def test_erf_is_compiled_and_matches_the_reference(digits, readout):
         assert float(((k64 - ref).abs() / ref.abs()).max()) < 1e-12
         k32 = cntk.kernel(x.float(), None, net, kind, backend="numba")
         assert float(((k32.double() - k64).abs() / k64.abs()).max()) < 1e-5
+
+
+def test_pooled_networks_across_lane_blocks():
+    """Myrtle-5 (stages of planes pooled into the next stage's per-thread buffers) and a pool right
+    before a flatten readout: 11 x 11 symmetric (a self pair in every lane position) and a cross
+    block equal the reference; float32 within 1e-5 of float64 on every entry; ``cntk.kernels``'
+    one-pass readouts are refused, not computed wrongly."""
+    from cntk import layers as L, presets as P
+
+    x, y = _images(11, (2, 8, 8), 9), _images(3, (2, 8, 8), 10)
+    pool_v = L.Network((L.Conv(3, w_var=None), L.Act(), L.Conv(3), L.Act(), L.AvgPool(2), L.Flatten(),
+                        L.Dense(w_var=2 / 9)), "pool-V")
+    for net in (P.myrtle(5), pool_v):
+        assert cntk.choose_backend(net, "cpu").NAME == "numba"
+        for a, b in [(x, None), (y, x)]:
+            assert _rel(cntk.kernel(a, b, net, backend="numba"), cntk.kernel(a, b, net, backend="reference")) < 1e-10
+    k64 = cntk.kernel(x, None, P.myrtle(5), backend="numba")
+    k32 = cntk.kernel(x.float(), None, P.myrtle(5), backend="numba")
+    assert float(((k32.double() - k64).abs() / k64.abs()).max()) < 1e-5
+    with pytest.raises(ValueError, match="one readout per pass"):
+        fused.tile_multi(x, fused.prepare(x, P.myrtle(5)), x, fused.prepare(x, P.myrtle(5)), P.myrtle(5), None,
+                         np.ones(4, np.int64), True, True, 64)

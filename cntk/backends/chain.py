@@ -1,5 +1,6 @@
 """The chain form of a network, the shape that the offset-plane backends (planes, vector, numba,
-triton) compute: weight layers and activations alternating, one filter size, no pooling, one readout.
+triton) compute: weight layers and activations alternating, one filter size, optional k x k average
+pools after activations, one readout.
 """
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ if TYPE_CHECKING:  # chain() is called by cntk.network: a run-time import would 
 
 @dataclass(frozen=True)
 class Chain:
-    """A network of the form  W_1 phi W_2 phi ... W_L phi [GAP | Flatten] W_readout  with one filter
-    size and no pooling: what the offset-plane backends compute.  Per weight layer (L + 1, the
-    readout last): its scale (None: unit weights, else w_std^2 / q^2 -- the first divided by the
-    input channels at run time), bias variance, trainable; per activation layer (L): the activation."""
+    """A network of the form  W_1 phi [P] W_2 phi [P] ... W_L phi [P] [GAP | Flatten] W_readout  with one
+    filter size, where P is an optional k x k stride-k average pool: what the offset-plane backends
+    compute.  Per weight layer (L + 1, the readout last): its scale (None: unit weights, else
+    w_std^2 / q^2 -- the first divided by the input channels at run time), bias variance, trainable;
+    per activation layer (L): the activation and the pool size after it (``pools``, 1: none;
+    consecutive pools multiply).  A pool splits the recursion into stages (``stages``)."""
 
     family: str
     readout: str  # "gap" | "flatten" | "none" (fc)
@@ -29,6 +32,33 @@ class Chain:
     b2: tuple[float, ...]
     trainable: tuple[bool, ...]
     acts: tuple[Activation, ...]
+    pools: tuple[int, ...] = ()  # per activation layer, the pool size after it; () = all 1
+
+    @property
+    def pooled(self) -> bool:
+        """Whether any activation is followed by a pool (k > 1)."""
+        return any(k > 1 for k in self.pools)
+
+    def pool_after(self, layer: int) -> int:
+        """The pool size after activation ``layer`` (0-based), 1 for none."""
+        return self.pools[layer] if self.pools else 1
+
+    def stages(self, h: int, w: int) -> list[tuple[int, int, int]]:
+        """(height, width, pool size after it) of every stage of an h x w input: a stage ends with
+        a pool (k > 1) or with the last activation (k = 1 then); a pool right before the readout
+        adds a final stage of no activation layers (k = 1)."""
+        out = []
+        for layer in range(len(self.acts)):
+            k = self.pool_after(layer)
+            if k > 1:
+                out.append((h, w, k))
+                h, w = h // k, w // k
+        out.append((h, w, 1))
+        return out
+
+    def stage_of(self, layer: int) -> int:
+        """The stage of activation ``layer`` (0-based): the pools before it."""
+        return sum(1 for i in range(layer) if self.pool_after(i) > 1)
 
     @property
     def n_act_layers(self) -> int:
@@ -61,7 +91,7 @@ class Chain:
     @property
     def paper_family(self) -> bool:
         """The paper's own family: unit first layer, ReLU, c_sigma = 2, no bias, all trained or "fix"."""
-        return (self.w2[0] is None and all(isinstance(a, ReLU) and type(a) is ReLU for a in self.acts)
+        return (not self.pooled and self.w2[0] is None and all(isinstance(a, ReLU) and type(a) is ReLU for a in self.acts)
                 and not any(self.b2) and math.isclose(self.act_scale, 2.0 / (self.filter_size**2 if self.family == "cnn" else 1))
                 and (all(self.trainable) or self.fix_first_last))
 
@@ -91,8 +121,9 @@ def chain(net: Network) -> Chain | str:
         body = layers[: ro[0]]
     else:
         body = layers[:-1]
-    if any(isinstance(l, AvgPool) for l in body):
-        return "it has AvgPool layers (pooling is computed by the reference backend only)"
+    body, pools = _strip_pools(body)
+    if isinstance(body, str):
+        return body
     weights, acts = body[0::2], body[1::2]
     if len(weights) != len(acts) or not all(isinstance(a, Act) for a in acts) or not all(
             isinstance(w, Conv if net.family == "cnn" else Dense) for w in weights):
@@ -108,4 +139,21 @@ def chain(net: Network) -> Chain | str:
         return "only the first layer may have unit (unscaled) weights"
     ws = [*weights, layers[-1]]
     return Chain(net.family, readout, q, tuple(w.w_var for w in ws), tuple(w.b_var or 0.0 for w in ws),
-                 tuple(w.trainable for w in ws), tuple(a.fn for a in acts))
+                 tuple(w.trainable for w in ws), tuple(a.fn for a in acts), pools if any(k > 1 for k in pools) else ())
+
+
+def _strip_pools(body: list) -> tuple[list, tuple[int, ...]] | tuple[str, None]:
+    """The body without its AvgPool layers and the pool size after every activation (1: none), or
+    the reason (a pool anywhere but after an activation) as the first element."""
+    out: list = []
+    pools: list[int] = []
+    for l in body:
+        if isinstance(l, AvgPool):
+            if not out or not isinstance(out[-1], Act):
+                return "its AvgPool does not follow an activation (the chain form pools after activations)", None
+            pools[-1] *= l.k
+            continue
+        out.append(l)
+        if isinstance(l, Act):
+            pools.append(1)
+    return out, tuple(pools)

@@ -31,7 +31,18 @@ totals are accumulated in float64.
 Networks.  The chain form of ``cntk.layers`` with one activation for every layer, ReLU or
 ABReLU (a min(x, 0) + b max(x, 0) = (b - a) relu(x) + a x: the ReLU rows scaled by (b - a)^2 plus a
 second pass for the a b terms, skipped for ReLU), per-layer scales and biases, trained or frozen
-layers; other activations and pooled networks go to ``planes`` / ``reference`` (``supports``).
+layers, and k x k average pools after activations (Myrtle); other activations go to ``planes`` /
+``reference`` (``supports``).
+
+Pools.  A pooled chain runs in stages (``_run_pooled``, one work item per block of B pairs): each
+plane of a stage runs the stage's layers as above, and its last layer's rows are scattered, divided
+by k^4, into the next stage's (fewer, smaller) planes held in a per-thread buffer (``_scatter_row``:
+the entry of x pixel p and offset e lands in plane ((p + e) // k - p // k) at pixel p // k); the next
+stage's planes then start from those buffers (``_load_plane``).  Per thread that is two
+(2 h_s - 1)(2 w_s - 1) h_s w_s B buffers for stage s >= 1 (Myrtle on 32x32: 31^2 planes of 16x16,
+about 16 MB in float32).  Per-image diagonals come from ``planes.self_stds`` (the self pairs' own
+windowed recursion, O(N)).  The flatten readout keeps, per stage, the window of offsets that the
+later stages gather (``planes.windows``).
 
 Threads.  Work items (a block of 8 pairs, and for GAP with few pairs a cost-balanced group of
 planes) are cut into a few chunks per thread and run by ``nogil`` compiled code on a thread pool of
@@ -53,6 +64,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from cntk.activations import ABReLU, Erf, ReLU
+from cntk.backends import planes
 from cntk.backends.chain import Chain, chain, family_chain
 from cntk.network import Network
 
@@ -300,7 +312,7 @@ def _zero_border(buf, hh, ww, r):
 
 
 @njit(fastmath=_FM, cache=True)
-def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, keep, bufs, rows, lacc, tot):
+def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, keep, bufs, rows, lacc, tot, pool=None):
     """Add to tot[0, lane] the sum over the plane of offset (di, dj) of the last layer's Theta (ntk) or
     Sigma (nngp) of the pair (x1[a], x2[cb * B + lane]), for the B lanes of block cb at once.
     Several readouts in one pass (keep an array, tot of 2 L rows): for every layer h with keep[h] and
@@ -319,13 +331,20 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
     Planes are in the block layout: row u, column v, lane l at (u * S + v) * B + l, S = ww + q - 1,
     interior shifted by q // 2 with a zero border.  Layer by layer, K and Kdot Theta + K of layer h
     go to one pair of plane buffers while row u of Sigma^(h) and Theta^(h) is box-summed, row by
-    row, from the other pair (one-row scratch, L1 resident); the last layer's rows are summed."""
+    row, from the other pair (one-row scratch, L1 resident); the last layer's rows are summed.
+
+    pool (pooled chains; None compiles without it): (hs, ws, l0, l1, mh, mw, src, dst, kp, mh2, mw2),
+    one stage of hs x ws pixels whose planes |di| <= mh, |dj| <= mw run activation layers l0..l1-1:
+    from the raw images when l0 = 0, else from src, the pooled K and Kdot Theta + K of this stage
+    (``_scatter_row`` layout); when kp > 1 the last layer's rows are pooled into dst (the next stage,
+    window mh2, mw2) instead of summed.  The std maps se, s2b keep the canvas stride H x W."""
     n_c, h, w, n_layers = shape
     r = q // 2
+    hs, ws, l0, l1, kp = _stage_dims(pool, h, w, n_layers)
     i0 = max(0, -di)
     j0 = max(0, -dj)
-    hh = h - abs(di)
-    ww = w - abs(dj)
+    hh = hs - abs(di)
+    ww = ws - abs(dj)
     s_ = ww + 2 * r
     sb = s_ * _B
     n = ww * _B
@@ -336,8 +355,13 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
     sg, tr, vsr, rk, rt, acc = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
     for buf in (pka, pkb, pta, ptb):
         _zero_border(buf, hh, ww, r)
+    raw_rows = hh
+    if pool is not None:
+        if pool[2] > 0:  # the pooled K and Kdot Theta + K of this plane into the interiors
+            _load_plane(pool[6], (di + pool[4]) * (2 * pool[5] + 1) + dj + pool[5], hs, ws, i0, j0, hh, ww, r, pka, pta)
+            raw_rows = 0
     # Sigma0 products sum_c x[c, p] y[c, p + d], before the box sum, into pka's interior
-    for u in range(hh):
+    for u in range(raw_rows):
         po = np.uint64(((u + r) * s_ + r) * _B)
         for ch in range(n_c):
             xo = np.uint64(((ch * h + i0 + u) * w + j0) * _B)
@@ -362,8 +386,8 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
     huge = _cst(xe, 1e30)
     s0 = prm[6, 0]
     t0 = prm[6, 1] != zero
-    for layer in range(n_layers):
-        last = layer == n_layers - 1
+    for layer in range(l0, l1):
+        last = layer == l1 - 1
         c = prm[0, layer]
         c2 = prm[1, layer]
         za = prm[2, layer]
@@ -404,6 +428,8 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, rk, rt, np.uint64(0))
                 if keep is not None:
                     _add_row(lacc, 2 * layer, rk, rt, np.uint64(0), un, ntk)
+                elif pool is not None and kp > 1:
+                    _scatter_row(rk, rt, ntk, i0 + u, di, j0, dj, ww, kp, hs // kp, ws // kp, pool[9], pool[10], pool[7])
                 else:
                     fin = rt if ntk else rk
                     for k in range(un):
@@ -427,6 +453,8 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
                 for j in range(2 * layer, 2 * layer + 2):
                     _fold_into(lacc[j], ww, tot, j)
         return
+    if pool is not None and kp > 1:
+        return
     # pairwise fold of the ww positions of acc, then into the lanes' float64 totals
     ub = np.uint64(_B)
     m = ww
@@ -439,6 +467,57 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
         m = keep
     for lane in range(ub):
         tot[0, lane] += np.float64(acc[lane])
+
+
+@njit(cache=True)
+def _stage_dims(pool, h, w, n_layers):
+    """(hs, ws, first layer, end layer, pool size) of ``_plane_block``'s stage: the whole chain when pool is None."""
+    if pool is None:
+        return h, w, 0, n_layers, 1
+    return pool[0], pool[1], pool[2], pool[3], pool[8]
+
+
+@njit(fastmath=_FM, cache=True)
+def _load_plane(src, plane, hs, ws, i0, j0, hh, ww, r, pk, pt):
+    """Copy plane ``plane`` of a stage's pooled buffers (``_scatter_row``) into the interiors of the
+    block-layout planes pk (K) and pt (Kdot Theta + K): row u is the x pixel row i0 + u."""
+    half = np.uint64(src.shape[0] // 2)
+    s_ = ww + 2 * r
+    un = np.uint64(ww * _B)
+    for u in range(hh):
+        po = np.uint64(((u + r) * s_ + r) * _B)
+        so = np.uint64(((plane * hs + i0 + u) * ws + j0) * _B)
+        for k in range(un):
+            pk[po + k] = src[so + k]
+            pt[po + k] = src[half + so + k]
+
+
+@njit(fastmath=_FM, cache=True)
+def _scatter_row(rk, rt, ntk, xi, di, j0, dj, ww, kp, hs2, ws2, mh2, mw2, dst):
+    """Pool one row of a plane (x pixel row xi, offset (di, dj)) into the next stage: the entry of x
+    pixel (xi, xj) and y pixel (xi + di, xj + dj) adds 1 / kp^4 of K (rk) and Kdot Theta + K (rt) to
+    the next stage's plane (D_i, D_j) = ((xi + di) // kp - xi // kp, ...) at x pixel (xi // kp, xj // kp)
+    when |D_i| <= mh2 and |D_j| <= mw2.  dst: K planes then Theta planes, each ((2 mh2 + 1)(2 mw2 + 1),
+    hs2, ws2, B), the planes in x pixel coordinates (zero where the partner pixel leaves the image)."""
+    half = np.uint64(dst.shape[0] // 2)
+    inv = _cst(rk, 1.0 / float(kp) ** 4)
+    pi = (xi + di) // kp - xi // kp
+    if abs(pi) > mh2:
+        return
+    row = (pi + mh2) * (2 * mw2 + 1)
+    xpi = xi // kp
+    for v in range(ww):
+        xj = j0 + v
+        pj = (xj + dj) // kp - xj // kp
+        if abs(pj) > mw2:
+            continue
+        o = np.uint64((((row + pj + mw2) * hs2 + xpi) * ws2 + xj // kp) * _B)
+        src = np.uint64(v * _B)
+        for lane in range(np.uint64(_B)):
+            dst[o + lane] += rk[src + lane] * inv
+        if ntk:
+            for lane in range(np.uint64(_B)):
+                dst[half + o + lane] += rt[src + lane] * inv
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
@@ -511,6 +590,74 @@ def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, 
         for j in range(n_out):
             for lane in range(_B):
                 out[blk, g, j, lane] = tot[j, lane]
+
+
+@njit(fastmath=_FM, cache=True, nogil=True)
+def _run_pooled(x1, s1, x2b, s2b, shape, ia, icb, exl, sinfo, dis, djs, pstart, q, prm, ntk, act, lo, hi, out):
+    """Pooled chains: work items lo..hi-1, one block of B pairs each (out[blk, 0, 0, lane]), run stage
+    by stage.  sinfo (S, 9) per stage: hs, ws, first and end activation layer, window mh, mw, the pool
+    size after it (1: the last stage), the offset and length in a per-thread buffer of its input planes
+    (the pooled K and Kdot Theta + K, ``_scatter_row``; length 0 for stage 0); its planes are
+    dis / djs[pstart[s] : pstart[s + 1]].  Releases the GIL."""
+    n_c, h, w, n_layers = shape
+    n_st = sinfo.shape[0]
+    size = (h + q - 1) * (w + q - 1) * _B
+    row = (w + q - 1) * _B
+    bufs = np.empty((4, size), dtype=x1.dtype)
+    rows = np.empty((6, row), dtype=x1.dtype)
+    lacc = np.empty((1, row), dtype=x1.dtype)
+    tot = np.empty((1, _B), dtype=np.float64)
+    xe = np.empty(n_c * h * w * _B, dtype=x1.dtype)
+    se = np.empty(n_layers * h * w * _B, dtype=x1.dtype)
+    pbuf = np.empty(sinfo[n_st - 1, 7] + sinfo[n_st - 1, 8], dtype=x1.dtype)
+    zero = _cst(x1, 0.0)
+    current = -1
+    for blk in range(lo, hi):
+        if ia[blk] != current:
+            current = ia[blk]
+            _spread(x1, current, xe)
+            _spread(s1, current, se)
+        tot[:] = 0.0
+        for st in range(n_st):
+            src = pbuf[sinfo[st, 7] : sinfo[st, 7] + sinfo[st, 8]]
+            nxt = min(st + 1, n_st - 1)
+            dst = pbuf[sinfo[nxt, 7] : sinfo[nxt, 7] + (sinfo[nxt, 8] if st + 1 < n_st else 0)]
+            dst[:] = zero
+            if sinfo[st, 2] == sinfo[st, 3]:  # no activation: a pool right before the readout, sum its planes
+                _sum_lanes(src, src.shape[0] // 2 if ntk else 0, src.shape[0] // 2, tot)
+                continue
+            pool = (sinfo[st, 0], sinfo[st, 1], sinfo[st, 2], sinfo[st, 3], sinfo[st, 4], sinfo[st, 5], src, dst,
+                    sinfo[st, 6], sinfo[nxt, 4], sinfo[nxt, 5])
+            for k in range(pstart[st], pstart[st + 1]):
+                _plane_block(xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, act, None, bufs,
+                             rows, lacc, tot, pool)
+        for lane in range(_B):
+            out[blk, 0, 0, lane] = tot[0, lane]
+
+
+@njit(cache=True)
+def _sum_lanes(a, start, n, tot):
+    """tot[0, lane] += the sum of a[start + k * B + lane] over k < n / B, in float64."""
+    for k in range(n):
+        tot[0, k % _B] += np.float64(a[start + k])
+
+
+def _stage_table(c: Chain, h: int, w: int, gap: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(sinfo, dis, djs, pstart) of ``_run_pooled`` for h x w inputs (the windows of ``planes.windows``)."""
+    stages, wins = c.stages(h, w), planes.windows(c, h, w, gap)
+    layers = [c.stage_of(layer) for layer in range(c.n_act_layers)]
+    sinfo = np.zeros((len(stages), 9), dtype=np.int64)
+    dis, djs, pstart, off = [], [], [0], 0
+    for s, ((hs, ws, k), (mh, mw)) in enumerate(zip(stages, wins)):
+        l0 = layers.index(s) if s in layers else c.n_act_layers  # none: a pool right before the readout
+        length = 0 if s == 0 else 2 * (2 * mh + 1) * (2 * mw + 1) * hs * ws * _B
+        sinfo[s] = (hs, ws, l0, l0 + layers.count(s), mh, mw, k, off, length)
+        off += length
+        di, dj = np.meshgrid(np.arange(-mh, mh + 1), np.arange(-mw, mw + 1), indexing="ij")
+        dis.append(di.reshape(-1))
+        djs.append(dj.reshape(-1))
+        pstart.append(pstart[-1] + di.size)
+    return sinfo, np.concatenate(dis).astype(np.int64), np.concatenate(djs).astype(np.int64), np.array(pstart, np.int64)
 
 
 def supports(net: Network, device: torch.device) -> str | None:
@@ -626,6 +773,8 @@ def prepare(x: torch.Tensor, net: Network | Chain, shapes=None) -> torch.Tensor:
     """sqrt(Sigma^(h-1)(x, x)[p, p]) for h = 1..L, shape (N, L, H, W), as ``planes.prepare`` (in
     compiled code: a few small torch ops per image cost more than this whole loop)."""
     c = net if isinstance(net, Chain) else chain(net)
+    if c.pooled:  # the self pairs' windowed recursion (O(N)): torch is fast enough
+        return planes.prepare(x.to("cpu"), c)
     a = _np(x)
     n = c.n_act_layers
     out = np.empty((a.shape[0], n, a.shape[2], a.shape[3]), dtype=a.dtype)
@@ -646,7 +795,8 @@ def prepare(x: torch.Tensor, net: Network | Chain, shapes=None) -> torch.Tensor:
 def bytes_per_pair(shape: tuple[int, int, int], net: Network, itemsize: int) -> int:
     """Memory that grows with the pairs of one call: block indices and per-group totals, tens of bytes.
     The rest is per worker thread and independent of the pairs: four (H + q - 1)(W + q - 1) x B plane
-    buffers and the (C + L) H W x B spread image of x1 (B = 8), so the default batch is a whole tile."""
+    buffers and the (C + L) H W x B spread image of x1 (B = 8), so the default batch is a whole tile;
+    pooled chains add the next stages' plane buffers (module docstring, "Pools")."""
     return 64
 
 
@@ -700,6 +850,10 @@ def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str, keep: np.n
     compiled code on a thread pool (dynamic scheduling: a slow core does not hold the others)."""
     _, _, h, w = x1.shape
     gap = c.readout == "gap"
+    if c.pooled:
+        if keep is not None:
+            raise ValueError("the numba backend computes one readout per pass of a pooled network")
+        return _pooled_values(x1, s1, x2b, s2b, ia, icb, exl, c, kind)
     dis, djs = _planes(h, w, gap)
     n_threads = _threads()
     n_blocks = len(ia)
@@ -730,6 +884,29 @@ def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str, keep: np.n
         return vals
     vals = vals[:, 0]
     bias = c.b2[-1]  # the readout's bias
+    return vals + bias if bias and (kind == "nngp" or c.trainable[-1]) else vals
+
+
+def _pooled_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str) -> np.ndarray:
+    """``block_values`` of a pooled chain: one work item per block, its stages in turn (``_run_pooled``)."""
+    _, _, h, w = x1.shape
+    sinfo, dis, djs, pstart = _stage_table(c, h, w, c.readout == "gap")
+    n_blocks = len(ia)
+    out = np.zeros((n_blocks, 1, 1, _B))
+    n_threads = _threads()
+    args = (x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), (x1.shape[1], h, w, s1.shape[1]), ia, icb,
+            exl, sinfo, dis, djs, pstart, c.filter_size, params(c, x1.shape[1], x1.dtype), kind == "ntk", _act_code(c))
+    n_chunks = max(1, min(n_blocks, 4 * n_threads)) if n_threads > 1 else 1
+    cuts = [k * n_blocks // n_chunks for k in range(n_chunks + 1)]
+    if n_chunks == 1:
+        _run_pooled(*args, 0, n_blocks, out)
+    else:
+        for job in [_pool(n_threads).submit(_run_pooled, *args, lo, hi, out) for lo, hi in zip(cuts[:-1], cuts[1:])]:
+            job.result()
+    vals = out[:, 0, 0]
+    hf, wf = int(sinfo[-1, 0]), int(sinfo[-1, 1])
+    vals = vals / float(hf * wf) ** 2 if c.readout == "gap" else vals
+    bias = c.b2[-1]
     return vals + bias if bias and (kind == "nngp" or c.trainable[-1]) else vals
 
 
