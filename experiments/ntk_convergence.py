@@ -149,53 +149,59 @@ def depth_exponent(groups: dict[int, list[dict]], eps: float, resamples: int, se
 
 
 def plot(doc: dict, out_dir: str | Path) -> tuple[list[Path], list[dict]]:
-    """ntk_convergence.png (errors against width) and, with three or more depths,
-    ntk_convergence_depth.png (errors and needed width against depth)."""
+    """ntk_convergence.png (errors against width; one row of panels per family and readout) and,
+    with three or more depths, ntk_convergence_depth.png (error and needed width against depth)."""
     style()
     import matplotlib.pyplot as plt
 
     rows = doc["rows"]
     groups = by_group(rows)
-    many = len(groups) > 6
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    families = sorted({(r.get("family", "cnn"), r["readout"]) for r in rows})
+    fig, grid = plt.subplots(len(families), 3, figsize=(18, 6.4 * len(families)), squeeze=False)
     summary = []
     cmap = plt.get_cmap("viridis")
     depths = sorted({r["depth"] for r in rows})
-    for gi, ((readout, depth), sel) in enumerate(groups):
-        fam = sel[0].get("family", "cnn")
-        color = cmap(depths.index(depth) / max(1, len(depths) - 1)) if many else f"C{gi % 10}"
-        marker = {"gap": "o", "flatten": "s", "none": "^"}.get(readout, "o")
-        for ax, key in zip(axes, ("rel_fro_error", "rel_max_error", "max_abs_error")):
-            fit = width_series(ax, sel, key, color, series_name(sel), band=not many)
-            ax.lines[-1].set_marker(marker)
-            summary.append({"setting": sel[0].get("setting", ""), "family": fam, "readout": readout, "depth": depth,
-                            "metric": key, **fit, "points": len(sel), "widths": len({r["width"] for r in sel}),
-                            "seeds": len({r["seed"] for r in sel}), "exact_max_entry": sel[0]["exact_max_entry"]})
+    many = len(depths) > 6
     ws = np.array(sorted({r["width"] for r in rows}), float)
-    if len(ws) > 1:
-        for ax, key in zip(axes[:2], ("rel_fro_error", "rel_max_error")):
-            y0 = float(np.exp(np.mean([math.log(r[key]) for r in rows if r["width"] == ws[0]])))
-            ax.plot(ws, y0 * (ws / ws[0]) ** -0.5, ":", color="gray", lw=1.2, label=r"$\propto m^{-1/2}$ (CLT at init)")
-            ax.plot(ws, y0 * (ws / ws[0]) ** -0.25, "--", color="black", lw=1,
-                    label=r"$\propto m^{-1/4}$: Thm 3.1's slope (no constant given)")
-    for di, depth in enumerate(depths):
-        sel = [r for r in rows if r["depth"] == depth]
-        bound = theorem_31_error(ws, depth - 1, sel[0]["delta"], sel[0]["bound_constant"])
-        axes[2].plot(ws, bound, linestyle=["--", "-.", ":", (0, (5, 1, 1, 1))][di % 4], color="black", lw=1,
-                     label=f"Thm 3.1 (L+1)ε at C = {sel[0]['bound_constant']:g}, depth {depth}")
-    axes[0].set_ylabel(r"$\|\Theta_m - \Theta\|_F / \|\Theta\|_F$")
-    axes[1].set_ylabel(r"$\max|\Theta_m - \Theta| \,/\, \max|\Theta|$")
-    axes[2].set_ylabel(r"$\max_{x,x'} |\Theta_m(x,x') - \Theta(x,x')|$ (absolute)")
-    for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("width m (channels per conv layer, units per fc layer)")
-        ax.legend(fontsize=5.5 if many else 7, ncol=2 if many else 1, loc="lower center", bbox_to_anchor=(0.5, 1.08), borderaxespad=0.0)  # outside the axes: no point hidden
-    axes[0].set_title("Relative error (kernel's own scale)")
-    axes[1].set_title("Relative entrywise error")
-    axes[2].set_title("Absolute entrywise error and the bound at C = 1")
+    for fi, (fam, readout) in enumerate(families):
+        axes = grid[fi]
+        mine = [(key, sel) for key, sel in groups if key[0] == readout and sel[0].get("family", "cnn") == fam]
+        for gi, ((_, depth), sel) in enumerate(mine):
+            color = cmap(depths.index(depth) / max(1, len(depths) - 1)) if len(depths) > 2 else f"C{gi % 10}"
+            marker = {"gap": "o", "flatten": "s", "none": "^"}.get(readout, "o")
+            for ax, key in zip(axes, ("rel_fro_error", "rel_max_error", "max_abs_error")):
+                fit = width_series(ax, sel, key, color, series_name(sel), band=not many)
+                ax.lines[-1].set_marker(marker)
+                summary.append({"setting": sel[0].get("setting", ""), "family": fam, "readout": readout, "depth": depth,
+                                "metric": key, **fit, "points": len(sel), "widths": len({r["width"] for r in sel}),
+                                "seeds": len({r["seed"] for r in sel}), "exact_max_entry": sel[0]["exact_max_entry"]})
+        here = [r for _, sel in mine for r in sel]
+        if len(ws) > 1:
+            for ax, key in zip(axes[:2], ("rel_fro_error", "rel_max_error")):
+                y0 = float(np.exp(np.mean([math.log(r[key]) for r in here if r["width"] == ws[0]] or [0.0])))
+                ax.plot(ws, y0 * (ws / ws[0]) ** -0.5, ":", color="gray", lw=1.2, label=r"$\propto m^{-1/2}$ (CLT at init)")
+                ax.plot(ws, y0 * (ws / ws[0]) ** -0.25, "--", color="black", lw=1,
+                        label=r"$\propto m^{-1/4}$: Thm 3.1's slope (no constant given)")
+        for di, depth in enumerate(sorted({r["depth"] for r in here})):
+            sel = [r for r in here if r["depth"] == depth]
+            bound = theorem_31_error(ws, depth - 1, sel[0]["delta"], sel[0]["bound_constant"])
+            axes[2].plot(ws, bound, linestyle=["--", "-.", ":", (0, (5, 1, 1, 1))][di % 4], color="black", lw=1,
+                         label=f"Thm 3.1 (L+1)ε at C = {sel[0]['bound_constant']:g}, depth {depth}")
+        axes[0].set_ylabel(r"$\|\Theta_m - \Theta\|_F / \|\Theta\|_F$")
+        axes[1].set_ylabel(r"$\max|\Theta_m - \Theta| \,/\, \max|\Theta|$")
+        axes[2].set_ylabel(r"$\max_{x,x'} |\Theta_m(x,x') - \Theta(x,x')|$ (absolute)")
+        name = re.sub(r", depth \d+", "", row_name(here[0])) if here else fam
+        for ax in axes:
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("width m (channels per conv layer, units per fc layer)")
+            ax.legend(fontsize=6 if many else 6.5, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                      borderaxespad=0.0)  # below the axes: no point hidden
+        axes[0].set_title(f"{name}: relative error (kernel's own scale)")
+        axes[1].set_title(f"{name}: relative entrywise error")
+        axes[2].set_title(f"{name}: absolute entrywise error, bound at C = 1")
     fig.text(
-        0.5, -0.07,
+        0.5, -0.02 / len(families),
         f"{common(rows, 'data')}, {common(rows, 'n_points')} inputs scaled to ||x|| = 1 (the theorem's assumption); "
         "points = seeds, band = seed range; slopes: log-log fits with 95 % CI.  Theorem 3.1 (fully-connected nets) bounds "
         "the absolute error by (L+1)(C L^6 log(L/δ)/m)^(1/4) with C not given: only its slope -1/4 is testable, and a curve "
@@ -214,6 +220,17 @@ def plot(doc: dict, out_dir: str | Path) -> tuple[list[Path], list[dict]]:
     return paths, summary
 
 
+def depth_growth(by_depth: dict[int, list[dict]], width: int, key: str = "rel_fro_error") -> dict[str, float]:
+    """At one measured width: the slope b of log(error) on log L over every seed's point (L = depth - 1)
+    with its 95 % t interval, and the needed-width exponent 2b it implies when the asymptotic
+    m^-1/2 law is imposed (m_eps = m (error / eps)^2: no extrapolation of a fitted width slope)."""
+    pts = [(d - 1, r[key]) for d, rows in by_depth.items() for r in rows if r["width"] == width]
+    fit = loglog_fit([p[0] for p in pts], [p[1] for p in pts])
+    return {"width": width, "growth": fit["slope"], "growth_lo": fit["slope_lo"], "growth_hi": fit["slope_hi"],
+            "imposed_exponent": 2 * fit["slope"], "imposed_exponent_lo": 2 * fit["slope_lo"],
+            "imposed_exponent_hi": 2 * fit["slope_hi"], "points": len(pts)}
+
+
 def _depth_figure(rows: list[dict], out_dir: str | Path) -> tuple[list[Path], list[dict]]:
     import matplotlib.pyplot as plt
 
@@ -221,54 +238,71 @@ def _depth_figure(rows: list[dict], out_dir: str | Path) -> tuple[list[Path], li
     series: dict[tuple, dict[int, list[dict]]] = {}
     for r in rows:
         series.setdefault((r.get("setting", ""), r.get("family", "cnn"), r["readout"]), {}).setdefault(r["depth"], []).append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
     summary = []
+    first_line = True
     for si, (key, by_depth) in enumerate(sorted(series.items(), key=lambda kv: tuple(map(str, kv[0])))):
         depths = sorted(by_depth)
         if len(depths) < 3:
             continue
         color = f"C{si % 10}"
-        first = by_depth[depths[0]]
-        name = re.sub(r", depth \d+", "", row_name(first[0])) + (f" [{key[0]}]" if key[0] else "")
+        name = re.sub(r", depth \d+", "", row_name(by_depth[depths[0]][0])) + (f" [{key[0]}]" if key[0] else "")
         common_w = sorted(set.intersection(*({r["width"] for r in by_depth[d]} for d in depths)))
-        if common_w:
-            w = common_w[-1]
-            err = [np.mean([r["rel_fro_error"] for r in by_depth[d] if r["width"] == w]) for d in depths]
-            axes[0].plot([d - 1 for d in depths], err, "-o", color=color, ms=4, label=f"{name}, m = {w}")
-        need = [width_needed(by_depth[d], eps) for d in depths]
-        fit = depth_exponent(by_depth, eps, resamples)
         L = np.array([d - 1 for d in depths], float)
-        m = np.array([n[0] for n in need])
-        for li, (mi, extra) in zip(L, need):
-            axes[1].scatter(li, mi, s=28, color=color, facecolors="none" if extra else color, zorder=3)
-        label = f"{name}: exponent {fit['exponent']:.2f} [{fit['exponent_lo']:.2f}, {fit['exponent_hi']:.2f}]"
-        axes[1].plot(L, m, "-", color=color, lw=1, label=label)
+        if common_w:  # (a) measured: the error against depth at the largest width every depth has
+            w = common_w[-1]
+            g = depth_growth(by_depth, w)
+            err = np.array([np.mean([r["rel_fro_error"] for r in by_depth[d] if r["width"] == w]) for d in depths])
+            for d in depths:
+                pts = [r["rel_fro_error"] for r in by_depth[d] if r["width"] == w]
+                axes[0].scatter([d - 1] * len(pts), pts, s=9, color=color, alpha=0.5)
+            axes[0].plot(L, err, "-", color=color, lw=1,
+                         label=f"{name}, m = {w}: error ∝ L^{g['growth']:.2f} [{g['growth_lo']:.2f}, {g['growth_hi']:.2f}]")
+            sq = np.array([np.mean([r["rel_fro_error"] ** 2 for r in by_depth[d] if r["width"] == w]) for d in depths])
+            m_imposed = w * sq / eps**2  # (b) the m^-1/2 law imposed: E[error^2] ∝ 1/m
+            axes[1].plot(L, m_imposed, "-o", color=color, ms=4,
+                         label=f"{name}: exponent {g['imposed_exponent']:.2f} [{g['imposed_exponent_lo']:.2f}, "
+                               f"{g['imposed_exponent_hi']:.2f}]")
+            summary.append({"setting": key[0], "family": key[1], "readout": key[2], "metric": "depth_growth",
+                            "eps": eps, **g})
+        need = [width_needed(by_depth[d], eps) for d in depths]  # (c) the crossing where measured, no extrapolation
+        measured = [(li, mi) for li, (mi, extra) in zip(L, need) if not extra and np.isfinite(mi)]
+        fit = depth_exponent({d: by_depth[d] for d, (mi, extra) in zip(depths, need) if not extra}, eps, resamples)
+        if measured:
+            lm, mm = np.array(measured).T
+            label = (f"{name}: exponent {fit['exponent']:.2f} [{fit['exponent_lo']:.2f}, {fit['exponent_hi']:.2f}]"
+                     if len(measured) >= 3 else f"{name}: {len(measured)} depth(s) measured, no exponent")
+            axes[2].plot(lm, mm, "-o", color=color, ms=4, label=label)
         for d, (mi, extra) in zip(depths, need):
             summary.append({"setting": key[0], "family": key[1], "readout": key[2], "depth": d, "metric": "width_needed",
-                            "eps": eps, "width_needed": mi, "extrapolated": extra, **fit})
-        if si == 0 and np.isfinite(m).any():
-            ok = np.isfinite(m)
-            anchor_l, anchor_m = L[ok][0], m[ok][0]
-            axes[1].plot(L, anchor_m * (L / anchor_l) ** 6, "--", color="black", lw=1,
-                         label=r"$\propto L^6$: Theorem 3.1 at fixed ε (slope only)")
-            axes[1].plot(L, anchor_m * (L / anchor_l) ** 1, ":", color="gray", lw=1.2,
+                            "eps": eps, "width_needed": mi if not extra else float("nan"), "extrapolated": extra,
+                            **{k: (v if len(measured) >= 3 else float("nan")) for k, v in fit.items()}})
+        if first_line and common_w:
+            first_line = False
+            anchor = m_imposed[0]
+            axes[1].plot(L, anchor * (L / L[0]) ** 6, "--", color="black", lw=1,
+                         label=r"$\propto L^6$: Thm 3.1's sufficient width (slope only; any slope below it is consistent)")
+            axes[1].plot(L, anchor * (L / L[0]) ** 1, ":", color="gray", lw=1.2,
                          label=r"$\propto L$: relative fluctuations $\sim\sqrt{L/m}$ (Hanin & Nica 2019)")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("L = depth - 1 (hidden layers)")
-        ax.legend(fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.08), borderaxespad=0.0)  # outside the axes: no point hidden
-    axes[0].set_ylabel(r"$\|\Theta_m - \Theta\|_F / \|\Theta\|_F$ (seed mean)")
-    axes[1].set_ylabel(f"width needed for relative error {eps:g}")
-    axes[0].set_title("Relative error against depth, at the largest width")
-    axes[1].set_title(f"Width needed for ε = {eps:g} against depth")
-    ymin, ymax = axes[1].get_ylim()
-    axes[1].set_ylim(ymin, min(ymax, 1e9))
-    fig.text(0.5, -0.07,
-             f"{common(rows, 'data')}, {common(rows, 'n_points')} inputs, ||x|| = 1.  Needed width: where the per-depth log-log "
-             f"fit of the relative Frobenius error crosses ε (filled: ε within the seed-mean errors of the measured widths; hollow: extrapolated).  "
-             f"Exponent: fit of log m_ε on log L, 95 % interval from {resamples} bootstrap resamples of the seeds.  "
-             "Reference lines share the first point; only their slopes mean anything.",
+        ax.legend(fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.08), borderaxespad=0.0)  # outside the axes
+    axes[0].set_ylabel(r"$\|\Theta_m - \Theta\|_F / \|\Theta\|_F$ (points: seeds)")
+    axes[1].set_ylabel(f"width for ε = {eps:g}, m^-1/2 imposed")
+    axes[2].set_ylabel(f"width where the fit crosses ε = {eps:g}")
+    axes[0].set_title("Measured: error against depth at the largest common width")
+    axes[1].set_title("Needed width with the CLT law m^-1/2 imposed")
+    axes[2].set_title("Needed width where ε lies within the measured errors")
+    fig.text(0.5, -0.1,
+             f"{common(rows, 'data')}, {common(rows, 'n_points')} inputs, ||x|| = 1.  Left: per-seed errors and their mean at the "
+             "largest width every depth has; growth exponent: log-log fit over every seed's point, 95 % t interval.  Middle: "
+             "m_ε = m E[error^2] / ε^2, i.e. the asymptotic m^-1/2 law imposed, not fitted; its exponent is twice the growth "
+             "exponent.  Right: the crossing of the per-depth width fit with ε only where ε lies within the seed-mean errors of "
+             f"the measured widths (no extrapolation); an exponent only with 3 or more such depths ({resamples} bootstrap "
+             "resamples of the seeds).  CNN receptive fields are 2L + 1 pixels wide: on small images deep layers see the "
+             "whole image, which mixes spatial decorrelation with depth.",
              ha="center", fontsize=7, wrap=True)
     fig.tight_layout()
     paths = save_figure(fig, out_dir, "ntk_convergence_depth")

@@ -71,8 +71,12 @@ def test_the_empirical_ntk_needs_more_width_as_depth_grows(tmp_path):
     for width in (128, 256, 512):
         err = [sum(r["rel_fro_error"] for r in rows if (r["width"], r["depth"]) == (width, d)) / 6 for d in (2, 6, 11)]
         assert err[0] < err[1] < err[2], (width, err)
+    growth = [s for s in out["summary"] if s["metric"] == "depth_growth"]
+    assert len(growth) == 1 and growth[0]["width"] == 512 and growth[0]["growth_lo"] > 0  # measured, not extrapolated
+    assert growth[0]["imposed_exponent"] == 2 * growth[0]["growth"]
     need = [s for s in out["summary"] if s["metric"] == "width_needed"]
-    assert len(need) == 3 and need[0]["exponent_lo"] > 0 and need[0]["width_needed"] < need[-1]["width_needed"]
+    measured = [s["width_needed"] for s in need if not s["extrapolated"]]
+    assert len(need) == 3 and measured == sorted(measured)
     assert (tmp_path / "ntk_convergence_depth.png").exists()
 
 
