@@ -228,7 +228,8 @@ FITS = (
 
 def _subset(rows: list[dict], which: str) -> list[dict]:
     ok = lambda r: r.get("flow_ok", True)  # noqa: E731
-    lazy = lambda r: r.get("lazy", True)  # noqa: E731
+    # rows written before the lazy column: judged by the default criterion, kappa sqrt(m) >= 2
+    lazy = lambda r: r.get("lazy", r["kappa"] * math.sqrt(r["width"]) >= r.get("lazy_threshold", 2.0))  # noqa: E731
     return [r for r in rows if {"all": True, "flow_ok": ok(r), "lazy": lazy(r), "lazy_flow_ok": lazy(r) and ok(r)}[which]]
 
 
@@ -267,11 +268,10 @@ def _reference(ax, finals: list[dict], key: str, exponents: tuple[tuple[float, s
 def plot(doc: dict, out_dir: str | Path):
     style()
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
 
     rows = doc["rows"]
     finals = [r for r in rows if r.get("final")]
-    for r in finals:  # rows written before these columns: every net lazy and its flow trusted
+    for r in finals:  # rows written before this column: computed from kappa and width
         r.setdefault("kappa_sqrt_m", r["kappa"] * math.sqrt(r["width"]))
     groups = by_group(finals, GROUP)
     fig, axes = plt.subplots(2, 3, figsize=(19, 13))
@@ -292,7 +292,7 @@ def plot(doc: dict, out_dir: str | Path):
             summary.append({"setting": sel[0].get("setting", ""), "readout": readout, "depth": depth, "route": route,
                             "kappa": kappa, "activation": sel[0].get("activation", "relu"), "metric": key,
                             "fitted_rows": which, **fit, "expected_slope": expected, "expected_because": why,
-                            "lazy_rows": sum(bool(r.get("lazy", True)) for r in sel),
+                            "lazy_rows": len(_subset(sel, "lazy")),
                             "flow_ok_rows": sum(bool(r.get("flow_ok", True)) for r in sel), "rows": len(sel),
                             "max_final_rel_loss": max(r["final_rel_loss"] for r in sel),
                             "all_converged": all(r["converged"] for r in sel),
