@@ -1,8 +1,10 @@
 """Kernel regression with the empirical (finite-width, Monte Carlo) NTK of one random net vs the
 exact kernel: test accuracy and kernel error vs width (the paper's point that the Monte Carlo
-approximation costs accuracy).  Every accuracy gets a 95 % bootstrap interval over test images;
+approximation costs accuracy).  The exact kernel's accuracy gets a Wilson 95 % interval, the seeds' a
+two-level bootstrap (seeds and test images resampled);
 each net is compared with the exact kernel on the same test images (exact McNemar test per seed,
-and a paired bootstrap interval of the accuracy difference of the seed mean)."""
+and a paired two-level bootstrap interval of the accuracy difference of the seed mean; Holm over
+the run's per-seed tests)."""
 from __future__ import annotations
 
 import time
@@ -85,23 +87,39 @@ def summarize(rows: list[dict]) -> list[dict]:
         exact = next((r for r in sel if r["method"] == "exact"), None)
         ec = stats.decode(exact["correct"]) if exact else None
         if exact:
-            acc, lo, hi = stats.bootstrap_accuracy(ec)
+            acc, lo, hi = stats.wilson_accuracy(ec)
             out.append({"setting": sel[0].get("setting", ""), "readout": readout, "depth": depth, "width": 0,
                         "method": "exact", "accuracy": acc, "acc_lo": lo, "acc_hi": hi})
         emp = [r for r in sel if r["method"] == "empirical"]
         for w in sorted({r["width"] for r in emp}):
             at = sorted((r for r in emp if r["width"] == w), key=lambda r: r["seed"])
             c = np.stack([stats.decode(r["correct"]) for r in at])
-            acc, lo, hi = stats.bootstrap_accuracy(c)
+            acc, lo, hi = stats.bootstrap_two_level(c)
             row = {"setting": sel[0].get("setting", ""), "readout": readout, "depth": depth, "width": w,
                    "method": "empirical", "seeds": len(at), "accuracy": acc, "acc_lo": lo, "acc_hi": hi,
                    "kernel_rel_error_mean": float(np.mean([r["kernel_rel_error"] for r in at]))}
             if ec is not None:
-                d, dlo, dhi = stats.bootstrap_difference(c, ec)
+                d, dlo, dhi = stats.bootstrap_two_level_difference(c, ec)
                 row.update(diff_to_exact=d, diff_lo=dlo, diff_hi=dhi,
-                           mcnemar_p=" / ".join(f"{stats.mcnemar(ci, ec)['p']:.2g}" for ci in c))
+                           mcnemar_raw=[stats.mcnemar(ci, ec)["p"] for ci in c])
             out.append(row)
+    _holm_per_setting(out)
     return out
+
+
+def _holm_per_setting(out: list[dict]) -> None:
+    """Holm over every per-seed McNemar test (empirical vs exact) of one setting: raw and adjusted p
+    as 'p1 / p2 / ...' strings."""
+    tests = [(i, k) for i, r in enumerate(out) for k in range(len(r.get("mcnemar_raw", [])))]
+    if not tests:
+        return
+    adjusted = stats.holm_by_family([out[i]["mcnemar_raw"][k] for i, k in tests], [out[i]["setting"] for i, k in tests])
+    for (i, k), a in zip(tests, adjusted):
+        out[i].setdefault("holm", []).append(a)
+    for r in out:
+        if "mcnemar_raw" in r:
+            r["mcnemar_p"] = " / ".join(f"{p:.2g}" for p in r.pop("mcnemar_raw"))
+            r["holm_p"] = " / ".join(f"{p:.2g}" for p in r.pop("holm"))
 
 
 def plot(doc: dict, out_dir: str | Path):
@@ -147,9 +165,9 @@ def plot(doc: dict, out_dir: str | Path):
     axes[1].set_title("Paired difference on the same test images")
     axes[2].set_title("Kernel error")
     fig.text(0.5, -0.05, f"{common(rows, 'data')}, {common(rows, 'n_train')} train / {common(rows, 'n_test')} test, ridge "
-             f"{common(rows, 'ridge', 'g')} x mean diag.  Mean over seeds (one random net each) with 95 % bootstrap intervals "
+             f"{common(rows, 'ridge', 'g')} x mean diag.  Mean over seeds (one random net each) with two-level bootstrap 95 % intervals "
              "over test images; points: seeds; dashed + band: exact kernel.  Middle: accuracy difference of the seed mean to "
-             "the exact kernel, paired bootstrap interval; McNemar p per seed in summary.csv.",
+             "the exact kernel, paired; McNemar p per seed, raw and Holm-adjusted over the run, in summary.csv.",
              ha="center", fontsize=7, wrap=True)
     fig.tight_layout()
     paths = save_figure(fig, out_dir, "monte_carlo_vs_exact")
