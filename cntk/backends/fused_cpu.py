@@ -796,8 +796,13 @@ def bytes_per_pair(shape: tuple[int, int, int], net: Network, itemsize: int) -> 
     """Memory that grows with the pairs of one call: block indices and per-group totals, tens of bytes.
     The rest is per worker thread and independent of the pairs: four (H + q - 1)(W + q - 1) x B plane
     buffers and the (C + L) H W x B spread image of x1 (B = 8), so the default batch is a whole tile;
-    pooled chains add the next stages' plane buffers (module docstring, "Pools")."""
-    return 64
+    pooled chains add the next stages' plane buffers (module docstring, "Pools"), one per worker
+    thread and needed by any pair: counted here, so that ``memory_mb`` refuses them when they do not fit."""
+    c = chain(net)
+    if not c.pooled:
+        return 64
+    sinfo = _stage_table(c, shape[1], shape[2], c.readout == "gap")[0]
+    return 64 + int(sinfo[-1, 7] + sinfo[-1, 8]) * itemsize * _threads()
 
 
 def _planes(h: int, w: int, gap: bool) -> tuple[np.ndarray, np.ndarray]:
