@@ -313,7 +313,9 @@ def _table_md(summary: list[dict], data: str) -> str:
                      f"{s['n_train']} / {s['n_test']} | {cells[0]} | {cells[1]} | "
                      f"{'' if np.isnan(s['cv_ridge']) else format(s['cv_ridge'], 'g')} | {cost} |")
     lines += ["", "Intervals: Wilson score 95 % intervals of a binomial proportion (one deterministic kernel, "
-              "k of M test images right).  Differences between kernels: tests.md (paired)."]
+              "k of M test images right).  Differences between kernels: tests.md (paired).  Cost: the kernel's "
+              "tiles' compute seconds; a gram pass that filled several depths or kinds at once (experiment.depths, "
+              "experiment.kind=both) gives each of its kernels an equal share of its time."]
     return "\n".join(lines) + "\n"
 
 
