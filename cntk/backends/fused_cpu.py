@@ -66,7 +66,7 @@ from numba.extending import overload
 from cntk.activations import ABReLU, Erf, ReLU
 from cntk.backends import planes
 from cntk.backends.chain import Chain, chain, family_chain
-from cntk.network import Network
+from cntk.network import Network, as_network
 
 NAME = "numba"
 PRIORITY = 30
@@ -798,8 +798,8 @@ def bytes_per_pair(shape: tuple[int, int, int], net: Network, itemsize: int) -> 
     buffers and the (C + L) H W x B spread image of x1 (B = 8), so the default batch is a whole tile;
     pooled chains add the next stages' plane buffers (module docstring, "Pools"), one per worker
     thread and needed by any pair: counted here, so that ``memory_mb`` refuses them when they do not fit."""
-    c = chain(net)
-    if not c.pooled:
+    c = chain(as_network(net))
+    if isinstance(c, str) or not c.pooled:
         return 64
     sinfo = _stage_table(c, shape[1], shape[2], c.readout == "gap")[0]
     return 64 + int(sinfo[-1, 7] + sinfo[-1, 8]) * itemsize * _threads()
