@@ -55,3 +55,37 @@ def write_fashion(root, n_train=60, n_test=40, gz=True) -> dict:
         data = idx_bytes(arr)
         (root / (stem + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)
     return files
+
+
+def alive(pids) -> list[int]:
+    """The processes among ``pids`` that still run (neither gone nor zombies; reads /proc)."""
+    from pathlib import Path
+
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.append(pid)
+    return out
+
+
+def run_experiment(overrides, out) -> dict:
+    """One experiment run in this process, composed from conf/ with ``overrides``, written to ``out``."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from experiments.harness.config import register
+    from experiments.harness.runner import execute
+
+    register()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return execute(cfg, out, task_overrides=overrides, choices=choices)

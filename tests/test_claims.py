@@ -8,24 +8,16 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from conftest import run_experiment
 
 from experiments.harness.common import loglog_fit
 from experiments.harness.config import register
-from experiments.harness.runner import execute
 
 ROOT = Path(__file__).resolve().parents[1]
 register()
 
 
-def _run(overrides, out):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return execute(cfg, out, task_overrides=overrides, choices=choices)
+_run = run_experiment
 
 
 def test_fully_trained_net_approaches_kernel_regression_as_width_grows(tmp_path):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import alive
 
 ROOT = Path(__file__).resolve().parents[1]
 # a gram run far too long to finish in a test (5050 train tiles), stopped after a few tiles
@@ -92,21 +93,9 @@ def test_sigterm_to_a_sweeps_parent_reaches_its_jobs_and_aggregates(tmp_path):
         assert json.loads((sweep / job / "job.json").read_text())["status"] == "terminated"
     assert [j["status"] for j in _rows(sweep / "jobs.csv")] == ["terminated", "terminated"]
     deadline = time.time() + 5  # and no worker outlives the sweep
-    while time.time() < deadline and _alive(workers):
+    while time.time() < deadline and alive(workers):
         time.sleep(0.1)
-    assert not _alive(workers)
-
-
-def _alive(pids):
-    out = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.append(pid)
-    return out
+    assert not alive(workers)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="the sweep's parent finds its jobs in /proc (Linux)")

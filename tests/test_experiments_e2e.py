@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import alive
 
 import experiments
 
@@ -132,18 +133,6 @@ def test_settings_are_never_pooled_and_every_job_config_is_kept(tmp_path):
     assert {s["setting"] for s in summary} == {""} and {s["points"] for s in summary} == {"6"}
 
 
-def _alive(pids):
-    out = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.append(pid)
-    return out
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
 def test_killing_a_sweep_leaves_no_worker(tmp_path):
     """SIGKILL of a joblib sweep's parent: its workers (busy or idle) are gone within seconds and
@@ -165,9 +154,9 @@ def test_killing_a_sweep_leaves_no_worker(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 5
-    while _alive(workers) and time.time() < deadline:
+    while alive(workers) and time.time() < deadline:
         time.sleep(0.1)
-    assert not _alive(workers), f"workers still running 5 s after the kill: {_alive(workers)}"
+    assert not alive(workers), f"workers still running 5 s after the kill: {alive(workers)}"
     done = len(list(tiles.glob("*.sha256")))
     time.sleep(1.0)
     assert len(list(tiles.glob("*.sha256"))) == done < 20000

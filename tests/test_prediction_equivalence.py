@@ -11,14 +11,12 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import run_experiment
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 import cntk
 import finite_nets
 from experiments.harness.config import ConfigError, register
-from experiments.harness.runner import execute
 from experiments.prediction_equivalence import Config, flow_error, initial_ntk, kappas, linearised_limit
 from finite_nets.flow import train_flow
 
@@ -26,13 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 register()
 
 
-def _run(overrides, out):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return execute(cfg, out, task_overrides=overrides, choices=choices)
+_run = run_experiment
 
 
 def _digits(n_train=10, n_test=20):
