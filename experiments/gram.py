@@ -77,7 +77,8 @@ def readouts(cfg: RunConfig | dict[str, Any]) -> list[tuple[int, str]]:
     experiment.kind (both: NTK and NNGP)."""
     get = (lambda k: _dig(cfg, k)) if isinstance(cfg, dict) else (lambda k: _attr(cfg, k))
     kind, depth = get("experiment.kind"), _architecture(cfg).depth
-    depths = [depth] + [int(d) for d in (get("experiment.depths") or []) if int(d) != depth]
+    more = _dig(cfg, "experiment.depths") if isinstance(cfg, dict) else getattr(cfg.experiment, "depths", None)
+    depths = [depth] + [int(d) for d in (more or []) if int(d) != depth]  # solve has no experiment.depths
     return [(d, k) for d in depths for k in (("ntk", "nngp") if kind == "both" else (kind,))]
 
 
@@ -110,9 +111,8 @@ def _architecture(cfg: RunConfig | dict[str, Any]) -> Architecture:
 
 
 def _attr(obj: Any, key: str) -> Any:
-    """obj.a.b for key "a.b"; None where a config has no such key (solve has no experiment.depths)."""
     for part in key.split("."):
-        obj = getattr(obj, part, None)
+        obj = getattr(obj, part)
     return obj
 
 
