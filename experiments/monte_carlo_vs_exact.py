@@ -166,7 +166,7 @@ def plot(doc: dict, out_dir: str | Path):
     axes[2].set_title("Kernel error")
     fig.text(0.5, -0.05, f"{common(rows, 'data')}, {common(rows, 'n_train')} train / {common(rows, 'n_test')} test, ridge "
              f"{common(rows, 'ridge', 'g')} x mean diag.  Mean over seeds (one random net each) with two-level bootstrap 95 % intervals "
-             "over test images; points: seeds; dashed + band: exact kernel.  Middle: accuracy difference of the seed mean to "
+             "(seeds and test images resampled); points: seeds; dashed + band: exact kernel (Wilson interval).  Middle: accuracy difference of the seed mean to "
              "the exact kernel, paired; McNemar p per seed, raw and Holm-adjusted over the run, in summary.csv.",
              ha="center", fontsize=7, wrap=True)
     fig.tight_layout()
