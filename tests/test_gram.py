@@ -274,7 +274,7 @@ def test_solve_report_intervals_cv_ridge_and_paired_tests(tmp_path):
 def test_solve_report_keeps_kernel_variants_apart():
     """A Myrtle or ABReLU kernel with the paper's readout and depth is its own row, never pooled."""
     from experiments.harness import stats
-    from experiments.solve import comparisons, summarize
+    from experiments.harness.solve_report import comparisons, summarize
 
     correct = stats.encode(np.array([True, False, True, True]))
     base = {"n_train": 8, "n_test": 4, "kind": "ntk", "readout": "gap", "fix_first_last": False, "depth": 5,

@@ -3,7 +3,7 @@ stated families, GAP vs V only at equal fix, Wilson intervals for single accurac
 import numpy as np
 import pytest
 
-from experiments import solve
+from experiments.harness import solve_report as solve
 from experiments.harness import stats
 
 M = 300

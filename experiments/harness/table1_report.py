@@ -18,8 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from experiments.harness import results
-from experiments import solve
+from experiments.harness import results, solve_report
 
 
 def merge(sweeps: list[Path]) -> dict:
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:  # the report's own file names, then renamed
-        paths, summary = solve.report(doc["rows"], tmp)
+        paths, summary = solve_report.report(doc["rows"], tmp)
         for name in ("table.md", "tests.md", "paper.md"):
             text = (Path(tmp) / name).read_text()
             if name == "table.md" and args.networks:
