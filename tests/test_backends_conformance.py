@@ -39,6 +39,9 @@ NETWORKS = {
     "gelu-gap": (P.paper_cnn(3, "gap", act=A.Gelu()), (2, 5, 5)),
     "sin-v-bias": (P.paper_cnn(3, "flatten", act=A.Sin(a=1.2, b=0.8, c=0.3), b_var=0.2), (1, 5, 4)),
     "fc-gelu": (P.fc_net(3, act=A.Gelu()), (7,)),
+    "pool-sin-bias-gap": (L.Network((L.Conv(3, w_var=None, b_var=0.1), L.Act(A.Sin(a=1.2, b=0.8, c=0.3)), L.AvgPool(2),
+                                     L.Conv(3, b_var=0.1), L.Act(A.Sin(a=1.2, b=0.8, c=0.3)), L.GlobalAvgPool(),
+                                     L.Dense(w_var=2 / 9, b_var=0.1)), "pool-sin"), (1, 6, 6)),
     "resnet-2-gap": (P.resnet(2), (2, 5, 5)),
     "resnet-1-v-bias": (P.resnet(1, readout="flatten", b_var=0.1, act=A.Erf()), (1, 5, 4)),
     "layernorm-gelu": (L.Network((L.Conv(3, w_var=None), G.LayerNorm(), L.Act(A.Gelu()), L.Conv(3), G.LayerNorm(),
@@ -47,6 +50,10 @@ NETWORKS = {
                                   L.GlobalAvgPool(), L.Dense(w_var=2 / 9)), "pool-LN"), (1, 4, 4)),
     "fc-layernorm": (L.Network((L.Dense(w_var=None), G.LayerNorm(), L.Act(), L.Dense(), L.Act(), L.Dense()), "fc-LN"), (6,)),
 }
+
+# two activations in one chain: the planes backend computes it, the numba kernel compiles one for every layer
+MIXED = L.Network((L.Conv(3, w_var=None), L.Act(A.Gelu()), L.Conv(3), L.Act(A.Sin()), L.GlobalAvgPool(),
+                   L.Dense(w_var=2 / 9)), "gelu-sin")
 
 
 def _backend_cases():
@@ -153,7 +160,10 @@ def test_every_backend_and_network_is_covered():
 def test_auto_picks_the_fastest_backend_that_computes_the_network():
     paper = cntk.Architecture(depth=3)
     assert cntk.choose_backend(paper, "cpu").NAME == ("numba" if "numba" in cntk.available_backends() else "planes")
-    assert cntk.choose_backend(P.paper_cnn(3, "gap", act=A.Gelu()), "cpu").NAME == "planes"  # numba: ReLU / ABReLU / Erf
+    fused = "numba" if "numba" in cntk.available_backends() else "planes"
+    assert cntk.choose_backend(P.paper_cnn(3, "gap", act=A.Gelu()), "cpu").NAME == fused  # numba: ReLU / ABReLU / Erf / Gelu / Sin
+    assert cntk.choose_backend(P.paper_cnn(3, "flatten", act=A.Sin(a=1.2, b=0.8, c=0.3)), "cpu").NAME == fused
+    assert cntk.choose_backend(MIXED, "cpu").NAME == "planes"  # numba: one activation for every layer
     assert cntk.backends_for(P.myrtle(5))[-2:] == ["planes", "reference"]  # pooling
     assert cntk.backends_for(P.resnet(1)) == ["reference"]  # a graph
     assert cntk.choose_backend(P.fc_net(3), "cpu").NAME == "vector"
@@ -161,7 +171,7 @@ def test_auto_picks_the_fastest_backend_that_computes_the_network():
 
 
 @pytest.mark.parametrize("backend, net, words", [
-    ("numba", P.paper_cnn(3, "gap", act=A.Gelu()), "compiles ReLU, ABReLU and Erf"),
+    ("numba", MIXED, "compiles ReLU, ABReLU, Erf, Gelu and Sin, one for every layer"),
     ("planes", L.Network((L.Conv(3, w_var=None), L.AvgPool(2), L.Act(), L.GlobalAvgPool(), L.Dense()), "conv-pool"),
      "AvgPool does not follow an activation"),
     ("vector", cntk.Architecture(depth=3), "convolutional"),

@@ -1,5 +1,4 @@
 """Data readers on small files written here in the official formats; balanced subsets; messages."""
-import gzip
 import io
 import pickle
 import tarfile

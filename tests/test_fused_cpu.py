@@ -154,6 +154,59 @@ def test_erf_is_compiled_and_matches_the_reference(digits, readout):
         assert float(((k32.double() - k64).abs() / k64.abs()).max()) < 1e-5
 
 
+@pytest.mark.parametrize("act", ["gelu", "sin", "odd-sin"])
+def test_gelu_and_sin_are_compiled_and_match_the_reference(act):
+    """Gelu and Sin run in the fused kernel (their own row steps and self-variance recursions): GAP,
+    flatten (frozen first and last layers) and pooled nets with biases equal the reference in float64,
+    symmetric Grams are symmetric, float32 within 1e-5 of float64 on every entry (black borders, i.e.
+    zero variance, and the diagonal included; an odd Sin, c = 0, too, whose cross entries are small)."""
+    from cntk import activations as A, layers as L, presets as P
+
+    phi = {"gelu": A.Gelu(), "sin": A.Sin(a=1.2, b=0.8, c=0.3), "odd-sin": A.Sin()}[act]
+    pooled = L.Network((L.Conv(3, w_var=None, b_var=0.1), L.Act(phi), L.AvgPool(2), L.Conv(3, b_var=0.1),
+                        L.Act(phi), L.GlobalAvgPool(), L.Dense(w_var=2 / 9, b_var=0.1)), "pool")
+    nets = [P.paper_cnn(3, "gap", act=phi, b_var=0.1), P.paper_cnn(3, "flatten", act=phi, b_var=0.2, fix_first_last=True),
+            pooled][: 1 if act == "odd-sin" else 3]
+    x, y = _images(3, (2, 6, 6), 11), _images(2, (2, 6, 6), 12)
+    x[0, :, :2] = 0
+    for net in nets:
+        assert cntk.choose_backend(net, "cpu").NAME == "numba"
+        for kind in cntk.KINDS:
+            for a, b in [(x, None), (x, y)]:
+                got = cntk.kernel(a, b, net, kind, backend="numba")
+                assert _rel(got, cntk.kernel(a, b, net, kind, backend="reference")) < 1e-12, (net.name, kind)
+            sym = cntk.kernel(x, None, net, kind, backend="numba")
+            assert torch.equal(sym, sym.T)
+            k32 = cntk.kernel(x.float(), None, net, kind, backend="numba")
+            assert float(((k32.double() - sym).abs() / sym.abs()).max()) < 1e-5, (net.name, kind)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_polynomials_are_accurate(dtype):
+    """e^x and e^x - 1 of the Sin step (vectorisable polynomials) against numpy for x <= 0, within a
+    few ulps of their own size (e^x - 1 near 0 too); below the clamp e^x is a tiny normal number."""
+    from numba import njit
+
+    @njit
+    def run(x, e, m):
+        for i in range(x.shape[0]):
+            e[i] = fused._exp_neg(x[i])
+            m[i] = fused._expm1_neg(x[i])
+
+    x = np.concatenate([-np.logspace(-30, 2.8, 4001), np.linspace(-3, -1e-3, 4001), [-0.5 * np.log(2), -80.0]])
+    x = np.concatenate([[0.0], x.astype(dtype)]).astype(dtype)
+    e, m = np.empty_like(x), np.empty_like(x)
+    run(x, e, m)
+    assert e[0] == 1 and m[0] == 0
+    x64 = x[1:].astype(np.float64)
+    e, m = e[1:], m[1:]
+    eps = np.finfo(dtype).eps
+    ok = x64 > (-86 if dtype == np.float32 else -700)
+    assert np.max(np.abs(e - np.exp(x64))[ok] / np.exp(x64)[ok]) < 4 * eps
+    assert np.max(np.abs(m - np.expm1(x64)) / np.abs(np.expm1(x64))) < 4 * eps
+    assert np.all(e[~ok] > 0) and np.all(np.isfinite(e))
+
+
 def test_pooled_networks_across_lane_blocks():
     """Myrtle-5 (stages of planes pooled into the next stage's per-thread buffers) and a pool right
     before a flatten readout: 11 x 11 symmetric (a self pair in every lane position) and a cross

@@ -12,7 +12,6 @@ contract, 1e-5 (tests/test_cntk_precision.py), with that margin; the conformance
 (tests/test_backends_conformance.py) runs this backend against the reference in the interpreter;
 benchmarks/gpu_kernels.py --check runs that suite on a GPU.
 """
-import os
 
 import pytest
 import torch
@@ -20,7 +19,8 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed: the fused GPU backend is optional")
 
 import cntk  # noqa: E402
-from cntk.backends import fused_triton
+from cntk import activations as A, layers as L, presets as P  # noqa: E402
+from cntk.backends import fused_triton  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -83,19 +83,81 @@ def test_fold_groups_and_odd_shapes(monkeypatch):
             assert _rel(cntk.kernel(x, None, arch, backend="triton"), ref) < 1e-10, (shape, readout)
 
 
+def test_myrtle5_pooled_matches_the_reference():
+    """Myrtle-5 (three stages: 8 x 8, AvgPool(2), 4 x 4, AvgPool(2), 2 x 2, GAP) on 8 x 8 inputs: one
+    launch per stage, the pooled planes gathered from the previous stage's buffer.  float64 to
+    1e-10 (relative to the block's largest entry), float32 to 1e-5 (every entry), NTK and NNGP, a
+    symmetric block (self pairs: rho = 1 on every stage's zero plane) and a cross block."""
+    net = P.myrtle(5)
+    assert fused_triton.supports(net, torch.device("cpu")) is None
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randn(1, 1, 8, 8, generator=g, dtype=torch.float64)
+    for kind in ("ntk", "nngp"):
+        for b in (None, y):
+            ref = cntk.kernel(x, b, net, kind, backend="reference")
+            got = cntk.kernel(x, b, net, kind, backend="triton")
+            assert got.shape == ref.shape and _rel(got, ref) < 1e-10, (kind, b is None, _rel(got, ref))
+            k32 = cntk.kernel(x.float(), None if b is None else b.float(), net, kind, backend="triton")
+            assert k32.dtype == torch.float32 and _entrywise(k32, ref) < 1e-5, (kind, b is None, _entrywise(k32, ref))
+
+
+def test_pooled_variants_match_the_reference(monkeypatch):
+    """The other pooled shapes of the chain form: the flatten readout (each stage holds only the window
+    of offsets the later stages gather: fold indices mapped onto folds 0..m and H - m..H - 1), a pool
+    right before the readout (a last stage of no activation), "fix", a 3 x 3 pool of non-square
+    stages, and items of several fold blocks (float64, NTK, symmetric and cross)."""
+    monkeypatch.setattr(fused_triton, "_ITEMS_PER_PROGRAM", 2)
+    nets = [
+        (L.Network((L.Conv(3, w_var=None), L.Act(), L.Conv(3), L.Act(), L.AvgPool(2), L.Conv(3), L.Act(),
+                    L.Flatten(), L.Dense(w_var=2 / 9)), "pool-V"), (1, 8, 8)),
+        (L.Network((L.Conv(3, w_var=None, trainable=False), L.Act(), L.AvgPool(2), L.Conv(3), L.Act(), L.AvgPool(2),
+                    L.Flatten(), L.Dense(w_var=2 / 9, trainable=False)), "pool-before-readout-fix"), (1, 8, 4)),
+        (L.Network((L.Conv(3, w_var=None), L.Act(), L.AvgPool(3), L.Conv(3), L.Act(), L.GlobalAvgPool(),
+                    L.Dense(w_var=2 / 9)), "pool3"), (2, 6, 9)),
+    ]
+    g = torch.Generator().manual_seed(6)
+    for net, shape in nets:
+        assert fused_triton.supports(net, torch.device("cpu")) is None, net.name
+        x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+        y = torch.randn(1, *shape, generator=g, dtype=torch.float64)
+        for b in (None, y):
+            ref = cntk.kernel(x, b, net, "ntk", backend="reference")
+            assert _rel(cntk.kernel(x, b, net, "ntk", backend="triton"), ref) < 1e-10, (net.name, b is None)
+
+
+def test_supports_pooled_paper_family_only():
+    """Pools are accepted in the paper's family (ReLU, c_sigma = 2, no bias); other pooled chains go to
+    the CPU backends, with the reason in one line."""
+    for depth in (5, 7, 10):
+        assert fused_triton.supports(P.myrtle(depth), torch.device("cpu")) is None
+    for net in (P.myrtle(5, b_var=0.1), P.myrtle(5, act=A.Erf()),
+                L.Network((L.Conv(3, w_var=None), L.Act(), L.AvgPool(2), L.Conv(3, w_var=1.0), L.Act(),
+                           L.GlobalAvgPool(), L.Dense(w_var=1 / 9)), "c_sigma-1")):
+        assert "paper's family only" in fused_triton.supports(net, torch.device("cpu"))
+
+
 def test_compiled_kernel_declares_its_constexpr_parameters():
     """The JIT copy of the kernel keeps its annotations: without them Triton treats SCALE, Q, FB, BH,
-    BW, F64 and IEEE as runtime values and the GPU compile fails (the interpreter never notices)."""
+    BW, F64, IEEE, POOL and WRITE as runtime values and the GPU compile fails (the interpreter never
+    notices)."""
     params = {p.name: p.is_constexpr for p in fused_triton._kernel(False).params}
-    assert [n for n, c in params.items() if c] == ["SCALE", "Q", "FB", "BH", "BW", "F64", "IEEE"]
+    assert [n for n, c in params.items() if c] == ["SCALE", "Q", "FB", "BH", "BW", "F64", "IEEE", "POOL", "WRITE"]
 
 
-@pytest.mark.parametrize("dtype, shape", [(torch.float32, (3, 32, 32)), (torch.float64, (2, 6, 5))])
-def test_kernel_compiles_for_hopper_without_a_gpu(monkeypatch, dtype, shape):
+@pytest.mark.parametrize("dtype, shape, pool, write", [
+    (torch.float32, (3, 32, 32), 1, False),  # the unpooled kernel (the paper's CNNs)
+    (torch.float64, (2, 6, 5), 1, False),
+    (torch.float32, (3, 32, 32), 1, True),  # Myrtle on CIFAR: the first stage writes its planes,
+    (torch.float32, (1, 16, 16), 2, True),  # the middle one pools them and writes its own,
+    (torch.float32, (1, 8, 8), 2, False),  # the last one pools and reads out
+])
+def test_kernel_compiles_for_hopper_without_a_gpu(monkeypatch, dtype, shape, pool, write):
     """The launch path (argument binding, specialisation, Triton's frontend, LLVM and ptxas) down to
     sm_90 machine code, on the CPU: Triton's active driver is replaced by one that names an H100/H200
     target, and ``warmup`` compiles without launching.  Catches what the interpreter cannot: code
-    that only the GPU compiler rejects."""
+    that only the GPU compiler rejects.  shape: the stage's (C, H, W); pool: the k x k pool that
+    feeds the stage (1: the inputs); write: the stage stores its planes for the next one."""
     import math
 
     from triton.backends.compiler import GPUTarget
@@ -126,8 +188,11 @@ def test_kernel_compiles_for_hopper_without_a_gpu(monkeypatch, dtype, shape):
     x = torch.zeros(2, c, h, w, dtype=dtype)
     s = torch.zeros(2, 3, h, w, dtype=dtype)
     ij = torch.zeros(3, dtype=torch.int32)
+    buf = torch.zeros(16, dtype=dtype)  # the stage buffers (never touched: nothing is launched)
+    sh, sw = pool * h, pool * w
     args = (x, x, s, s, ij, ij, torch.zeros(3, 1, dtype=torch.float64), torch.zeros(8 * fb * bh * bw, dtype=dtype),
-            3, 1, 2, h * w, 3, c, h, w, 1, 1, 0)
+            buf, buf, 3, 1, 2, h * w, 3, c, h, w, 1, 1, 0, 0, 0, 3, h, w, h - 1, w - 1, h, w,
+            sh, sw, sh - 1, sw - 1, sh, sw)
     compiled = kern.warmup(*args, grid=(1,), num_warps=8, SCALE=1 / math.pi, Q=3, FB=fb, BH=bh, BW=bw,
-                           F64=dtype == torch.float64, IEEE=False)
+                           F64=dtype == torch.float64, IEEE=False, POOL=pool, WRITE=write)
     assert "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0

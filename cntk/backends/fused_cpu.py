@@ -20,19 +20,24 @@ and every inner loop runs over whole rows of columns x lanes: long, contiguous, 
 that LLVM vectorises (AVX2/AVX-512), with unsigned indices (no negative-index wraparound) and no
 array views in the hot loops (a view costs an atomic reference count).  Per layer, row u of Sigma
 and Theta is box-summed from the previous layer's K and Kdot Theta + K planes (double-buffered),
-and the ReLU step writes the next planes; the last layer is summed row by row.
+and the activation step (``_relu_row``, ``_erf_row``, ``_gelu_row``, ``_sin_row``; chosen once per
+row, outside the loops) writes the next planes; the last layer is summed row by row.
 
 Arithmetic.  pi - arccos(rho) and sqrt(1 - rho^2) are polynomials (Chebyshev fits, about 1 ulp:
 asin of degree 4 in float32 and 11 in float64, sqrt(1 - z) of degree 12 in float64) around one
-hardware square root; divisions and square roots are IEEE (fast-math only contracts FMAs).  Every
-constant is cast to the input dtype, so float32 is computed in float32 throughout; the per-pair
-totals are accumulated in float64.
+hardware square root; e^x and e^x - 1 (x <= 0, Sin) are Taylor polynomials after the usual
+reduction x = n ln 2 + r, with 2^n built from the bits (``_exp_red``, about 1 ulp); no libm call is
+left in a row loop, so every row step vectorises.  Divisions and square roots are IEEE (fast-math
+only contracts FMAs).  Every constant is cast to the input dtype, so float32 is computed in float32
+throughout; the per-pair totals are accumulated in float64.
 
-Networks.  The chain form of ``cntk.layers`` with one activation for every layer, ReLU or
+Networks.  The chain form of ``cntk.layers`` with one activation for every layer: ReLU or
 ABReLU (a min(x, 0) + b max(x, 0) = (b - a) relu(x) + a x: the ReLU rows scaled by (b - a)^2 plus a
-second pass for the a b terms, skipped for ReLU), per-layer scales and biases, trained or frozen
-layers, and k x k average pools after activations (Myrtle); other activations go to ``planes`` /
-``reference`` (``supports``).
+second pass for the a b terms, skipped for ReLU), Erf, Gelu (its arctangent is an arc-sine:
+atan2(c, d) = asin(c / sqrt((1 + v_x)(1 + v_y)))) or Sin (a sin(b x + c), written without a difference
+of nearly equal exponentials), with the closed forms of ``cntk.activations``; per-layer scales and
+biases, trained or frozen layers, and k x k average pools after activations (Myrtle); mixed
+activations go to ``planes`` / ``reference`` (``supports``).
 
 Pools.  A pooled chain runs in stages (``_run_pooled``, one work item per block of B pairs): each
 plane of a stage runs the stage's layers as above, and its last layer's rows are scattered, divided
@@ -55,15 +60,17 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
-from cntk.activations import ABReLU, Erf, ReLU
+from cntk.activations import ABReLU, Erf, Gelu, ReLU, Sin
 from cntk.backends import planes
 from cntk.backends.chain import Chain, chain, family_chain
 from cntk.network import Network, as_network
@@ -78,6 +85,9 @@ _B = 8  # pairs per block: one SIMD lane each (8 float32 fill an AVX2 register)
 # the torch backends, so that rho rounds the same way where arccos is ill-conditioned (rho near 1);
 # no nnan/ninf: the selects on zero variance keep their meaning.
 _FM = {"nsz", "contract"}
+# Row steps that divide by a value the compiler cannot prove nonzero (Erf, Gelu) compile with
+# error_model="numpy": numba's default Python error model tests every such divisor and raises
+# ZeroDivisionError, a branch that keeps LLVM from vectorising the loop (measured: 6x slower).
 
 # asin(s) = s + s z P(z), z = s^2 in [0, 1/4]: Chebyshev fits (mpmath, 50 digits) of
 # P(z) = (asin(sqrt z) - sqrt z) / z^1.5; relative error of asin 1.7e-8 (deg 4), 5.6e-17 (deg 11).
@@ -166,6 +176,90 @@ def _sqrt_1m_ol(z):
         return lo + z4 * mid + z8 * hi
 
     return impl64
+
+
+@intrinsic
+def _pow2(typingctx, t):
+    """2^n from t = n + M, M = 1.5 2^m (m the mantissa width: 52, 23), the integer n in t's low mantissa
+    bits (n + bias >= 1): integer operations on t's bits, which vectorise (no libm ldexp)."""
+    if t == types.float32:
+        ity, fty, shift, base = ir.IntType(32), ir.FloatType(), 23, struct.unpack("<i", struct.pack("<f", 1.5 * 2.0**23))[0] - 127
+    elif t == types.float64:
+        ity, fty, shift, base = ir.IntType(64), ir.DoubleType(), 52, struct.unpack("<q", struct.pack("<d", 1.5 * 2.0**52))[0] - 1023
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        bits = builder.sub(builder.bitcast(args[0], ity), ir.Constant(ity, base))  # n + bias
+        return builder.bitcast(builder.shl(bits, ir.Constant(ity, shift)), fty)
+
+    return t(t), codegen
+
+
+def _exp_red(x):  # pragma: no cover
+    raise NotImplementedError
+
+
+@overload(_exp_red)
+def _exp_red_ol(x):
+    """(r, q(r), t) with e^x = (1 + r q(r)) 2^n for x <= 0, in x's precision, branch-free: x = n ln 2 + r,
+    |r| <= ln(2) / 2, t = n + 1.5 2^m (``_pow2``); 1 + r q(r) is the Taylor polynomial of e^r (degree 7 in
+    float32, 13 in float64: truncation below 1e-8 and 1e-17 relative).  x is clamped to -86 (float32) /
+    -700 (float64), where e^x is below 1e-37 / 1e-304, so that 2^n stays a normal number.  (math.exp would
+    be a scalar libm call: numba has no SVML here.)"""
+    if x == types.float32:
+        dt, lo, deg, ln2hi, ln2lo = np.float32, -86.0, 7, 0.693145751953125, 1.428606765330187e-06
+    else:
+        dt, lo, deg, ln2hi, ln2lo = np.float64, -700.0, 13, 0.6931471803691238, 1.9082149292705877e-10
+    lo, ln2hi, ln2lo = dt(lo), dt(ln2hi), dt(ln2lo)
+    log2e, magic = dt(1.0 / math.log(2.0)), dt(1.5 * 2.0 ** (23 if dt is np.float32 else 52))
+    c = tuple(dt(1.0 / math.factorial(k)) for k in range(1, deg + 1))  # q(r) = sum_k r^(k-1) / k!
+    if deg == 7:
+        c1, c2, c3, c4, c5, c6, c7 = c
+
+        def impl32(x):
+            x = max(x, lo)
+            t = x * log2e + magic  # n + magic: n = x / ln 2 rounded to nearest
+            nf = t - magic
+            r = (x - nf * ln2hi) - nf * ln2lo
+            r2 = r * r
+            r4 = r2 * r2
+            q = ((c1 + r * c2) + r2 * (c3 + r * c4)) + r4 * ((c5 + r * c6) + r2 * c7)
+            return r, q, t
+
+        return impl32
+    c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13 = c
+
+    def impl64(x):
+        x = max(x, lo)
+        t = x * log2e + magic
+        nf = t - magic
+        r = (x - nf * ln2hi) - nf * ln2lo
+        r2 = r * r
+        r4 = r2 * r2
+        r8 = r4 * r4
+        q = (((c1 + r * c2) + r2 * (c3 + r * c4)) + r4 * ((c5 + r * c6) + r2 * (c7 + r * c8))
+             + r8 * (((c9 + r * c10) + r2 * (c11 + r * c12)) + r4 * c13))
+        return r, q, t
+
+    return impl64
+
+
+@njit(fastmath=_FM, cache=True, inline="always")
+def _exp_neg(x):
+    """e^x for x <= 0, vectorisable (``_exp_red``)."""
+    r, q, t = _exp_red(x)
+    return (_cst(x, 1.0) + r * q) * _pow2(t)
+
+
+@njit(fastmath=_FM, cache=True, inline="always")
+def _expm1_neg(x):
+    """e^x - 1 for x <= 0, vectorisable, accurate also near 0: r q(r) where n = 0 (|x| <= ln(2) / 2, r = x),
+    else e^x - 1 (e^x <= 0.71 there: no cancellation)."""
+    one = _cst(x, 1.0)
+    r, q, t = _exp_red(x)
+    small = x >= _cst(x, -0.5 * math.log(2.0))
+    return r * q if small else (one + r * q) * _pow2(t) - one
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
@@ -268,7 +362,7 @@ def _abrelu_row(sg, tr, se, xo, s2b, yo, n, c2, za, zb, kf, dk, dt, do):
         dt[do + k] += kd * tr[k] + kf * (c2 * cv)
 
 
-@njit(fastmath=_FM, cache=True)
+@njit(fastmath=_FM, cache=True, error_model="numpy")  # no zero-division check: it kept the loop scalar
 def _erf_row(sg, tr, se, xo, s2b, yo, n, c, kf, dk, dt, do):
     """One row of the Erf step: K = c asin(rho) and Kdot = 2 c / sqrt((1 + 2 v_x)(1 + 2 v_y) - 4 cov^2)
     with rho = 2 cov / sqrt((1 + 2 v_x)(1 + 2 v_y)), c = s 2 / pi; cov clamped to [-nx ny, nx ny] (a
@@ -286,6 +380,65 @@ def _erf_row(sg, tr, se, xo, s2b, yo, n, c, kf, dk, dt, do):
         pt, sn = _arc(rho)
         kk = c * (pt - half_pi)
         kd = two * c * inv / sn
+        dk[do + k] = kk
+        dt[do + k] = kd * tr[k] + kf * kk
+
+
+@njit(fastmath=_FM, cache=True, error_model="numpy")  # no zero-division check: it kept the loop scalar
+def _gelu_row(sg, tr, se, xo, s2b, yo, n, c, kf, dk, dt, do):
+    """One row of the Gelu step (``activations.Gelu``), c = s / (2 pi): with v = s_x^2, s_y^2, P = v_x v_y,
+    P1 = (1 + v_x)(1 + v_y), d^2 = P1 - cov^2 = (1 + v_x + v_y) + (nx ny - cov)(nx ny + cov) >= 1 (a sum of
+    non-negative terms: no cancellation, also on a self pair) and A = atan2(cov, d) = asin(rho), rho =
+    cov / sqrt(P1), so that pi / 2 + A = pi - arccos(rho) (``_arc``):
+    K = c ((cov^2 + P d^2) / (P1 d) + cov (pi / 2 + A)) and Kdot = c ((1 / d^2 + (1 - P) / P1 + 1) cov / d
+    + pi / 2 + A).  cov clamped to [-nx ny, nx ny] (a self pair's +huge becomes its true variance);
+    |rho| < 1 and d >= 1 always: smooth at zero variance, never NaN."""
+    one = _cst(sg, 1.0)
+    for k in range(np.uint64(n)):
+        nx = se[xo + k]
+        ny = s2b[yo + k]
+        norm = nx * ny
+        cv = min(max(sg[k], -norm), norm)
+        vx = nx * nx
+        vy = ny * ny
+        prod1 = (one + vx) * (one + vy)
+        d2 = ((one + vx) + vy) + (norm - cv) * (norm + cv)
+        d = math.sqrt(d2)
+        rho = min(max(cv / math.sqrt(prod1), -one), one)
+        pt, _ = _arc(rho)
+        kk = c * ((cv * cv + norm * norm * d2) / (prod1 * d) + cv * pt)
+        kd = c * ((one / d2 + (one - norm * norm) / prod1 + one) * cv / d + pt)
+        dk[do + k] = kk
+        dt[do + k] = kd * tr[k] + kf * kk
+
+
+@njit(fastmath=_FM, cache=True)
+def _sin_row(sg, tr, se, xo, s2b, yo, n, c, b2, opc, omc, kf, dk, dt, do):
+    """One row of the Sin step (``activations.Sin``, a sin(b x + c)): K = s a^2 / 2 (e1 - cos 2c e2) and
+    Kdot = s a^2 b^2 / 2 (e1 + cos 2c e2), e1 = e^{b^2 (cov - S)}, e2 = e^{-b^2 (cov + S)}, S = (v_x + v_y) / 2,
+    computed as K = c (omc C + opc T), Kdot = c b2 (opc C + omc T) with c = s a^2 / 4, opc = 1 + cos 2c =
+    2 cos^2 c, omc = 1 - cos 2c = 2 sin^2 c, C = e1 + e2 and T = e1 - e2 = sign(cov) (P - Q), where
+    P = e^{-b^2 ((nx ny - |cov|) + (nx - ny)^2 / 2)}, Q = P e^{-2 b^2 |cov|} and P - Q = -P expm1(-2 b^2 |cov|):
+    every exponent a sum of non-positive terms and no difference of nearly equal exponentials (an odd
+    Sin, c = 0, has K = c opc T, small where cov is: computed to its own relative precision), all in
+    vectorisable polynomials (``_exp_neg``, ``_expm1_neg``).  cov clamped to [-nx ny, nx ny] (a self
+    pair's +huge becomes its true variance: P = 1 exactly); smooth at zero variance, never NaN."""
+    half = _cst(sg, 0.5)
+    zero = _cst(sg, 0.0)
+    for k in range(np.uint64(n)):
+        nx = se[xo + k]
+        ny = s2b[yo + k]
+        norm = nx * ny
+        cv = min(max(sg[k], -norm), norm)
+        acv = abs(cv)
+        dd = nx - ny
+        p = _exp_neg(-b2 * ((norm - acv) + half * dd * dd))
+        m = _expm1_neg(-(b2 + b2) * acv)
+        diff = -(p * m)  # P - Q >= 0
+        cc = (p + p) + p * m  # P + Q
+        tt = diff if cv >= zero else -diff
+        kk = c * (omc * cc + opc * tt)
+        kd = c * b2 * (opc * cc + omc * tt)
         dk[do + k] = kk
         dt[do + k] = kd * tr[k] + kf * kk
 
@@ -326,7 +479,9 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
     prm (7, L + 1) per layer: the ReLU-part constant s (b - a)^2 / (2 pi), the ABReLU constants c2,
     za, zb (0 for ReLU), whether the next weight layer is trained, the bias variance of weight layer
     ``layer``, and (column 0 of row 6) the first layer's scale and (row 6, column 1) whether it is trained.
-    act: 0 for the ReLU family (ReLU, ABReLU), 1 for Erf (row 0 is then s 2 / pi).
+    act: 0 for the ReLU family (ReLU, ABReLU), 1 for Erf (row 0 is then s 2 / pi), 2 for Gelu (row 0
+    s / (2 pi)), 3 for Sin (row 0 s a^2 / 4, rows 1 to 3 b^2, 2 cos^2 c and 2 sin^2 c: ``_sin_row``); the
+    ABReLU pass runs for act 0 only.
 
     Planes are in the block layout: row u, column v, lane l at (u * S + v) * B + l, S = ww + q - 1,
     interior shifted by q // 2 with a zero border.  Layer by layer, K and Kdot Theta + K of layer h
@@ -392,7 +547,7 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
         c2 = prm[1, layer]
         za = prm[2, layer]
         zb = prm[3, layer]
-        ab = c2 != zero or za != zero or zb != zero
+        ab = act == 0 and (c2 != zero or za != zero or zb != zero)  # Sin keeps its own constants in rows 1-3
         kf = prm[4, layer]  # 0 when the next weight layer is frozen (the paper's fix: Theta^(L) without K^(L))
         b2 = prm[5, layer]
         tb = b2 if (layer == 0 and t0) or (layer > 0 and prm[4, layer - 1] != zero) else zero  # a trained bias
@@ -422,6 +577,10 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
             if last:
                 if act == 1:
                     _erf_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
+                elif act == 2:
+                    _gelu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
+                elif act == 3:
+                    _sin_row(sg, theta, se, xo, s2b, yo, n, c, c2, za, zb, kf, rk, rt, np.uint64(0))
                 else:
                     _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
                 if ab:
@@ -438,6 +597,10 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
                 po = np.uint64(((u + r) * s_ + r) * _B)
                 if act == 1:
                     _erf_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
+                elif act == 2:
+                    _gelu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
+                elif act == 3:
+                    _sin_row(sg, theta, se, xo, s2b, yo, n, c, c2, za, zb, kf, pkb, ptb, po)
                 else:
                     _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
                 if ab:
@@ -661,22 +824,23 @@ def _stage_table(c: Chain, h: int, w: int, gap: bool) -> tuple[np.ndarray, np.nd
 
 
 def supports(net: Network, device: torch.device) -> str | None:
-    """CPU; CNN chains whose activations are all one ReLU, one ABReLU or Erf."""
+    """CPU; CNN chains whose activations are all one and the same ReLU, ABReLU, Erf, Gelu or Sin."""
     if torch.device(device).type != "cpu":
         return "it runs on the CPU only"
     reason = family_chain(net, "cnn")
     if reason is not None:
         return reason
     c = chain(net)
-    if len(set(c.acts)) != 1 or not isinstance(c.acts[0], (ReLU, ABReLU, Erf)):
-        return (f"it compiles ReLU, ABReLU and Erf, one for every layer (got "
+    if len(set(c.acts)) != 1 or not isinstance(c.acts[0], (ReLU, ABReLU, Erf, Gelu, Sin)):
+        return (f"it compiles ReLU, ABReLU, Erf, Gelu and Sin, one for every layer (got "
                 f"{', '.join(sorted({a.name for a in c.acts}))})")
     return None
 
 
 def _act_code(c: Chain) -> int:
-    """The compiled activation: 0 the ReLU family, 1 Erf."""
-    return 1 if isinstance(c.acts[0], Erf) else 0
+    """The compiled activation: 0 the ReLU family, 1 Erf, 2 Gelu, 3 Sin."""
+    act = c.acts[0]
+    return 1 if isinstance(act, Erf) else 2 if isinstance(act, Gelu) else 3 if isinstance(act, Sin) else 0
 
 
 def params(c: Chain, channels: int, dtype) -> np.ndarray:
@@ -689,11 +853,18 @@ def params(c: Chain, channels: int, dtype) -> np.ndarray:
         s = c.scale(layer + 1)
         if isinstance(act, Erf):
             prm[0, layer] = s * 2.0 / math.pi
+        elif isinstance(act, Gelu):
+            prm[0, layer] = s / (2.0 * math.pi)
+        elif isinstance(act, Sin):
+            prm[0, layer] = s * float(act.a) ** 2 / 4
+            prm[1, layer] = float(act.b) ** 2
+            prm[2, layer] = 2.0 * math.cos(float(act.c)) ** 2
+            prm[3, layer] = 2.0 * math.sin(float(act.c)) ** 2
         else:
             prm[0, layer] = s * (b - a) ** 2 / (2.0 * math.pi) if (a, b) != (0.0, 1.0) else s / (2.0 * math.pi)
-        prm[1, layer] = s * a * b
-        prm[2, layer] = s * a * (a + b) / 2
-        prm[3, layer] = s * a * a
+            prm[1, layer] = s * a * b
+            prm[2, layer] = s * a * (a + b) / 2
+            prm[3, layer] = s * a * a
         prm[4, layer] = 1.0 if c.trainable[layer + 1] else 0.0
         prm[5, layer] = c.b2[layer]
     prm[6, 0] = c.scale(0, channels)
@@ -702,11 +873,15 @@ def params(c: Chain, channels: int, dtype) -> np.ndarray:
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _prepare_kernel(x, q, n_layers, coef, bias, s0, act, out):
+def _prepare_kernel(x, q, n_layers, coef, bias, s0, act, aux, out):
     """out[n, h - 1] = sqrt(Sigma^(h-1)(x, x)[p, p]) (flat (N, L, H, W)), the closed form of
     ``planes.prepare``: on the self pair's zero plane rho = 1, so Sigma^(h) = box(coef[h - 1]
-    E[phi(u)^2] / var ... ) + bias[h] there: act 0 (ReLU family) coef = the next layer's scale times
-    E[phi(u)^2] / var; act 1 (Erf) coef = the next layer's scale, times (2 / pi) asin(2 v / (1 + 2 v));
+    E[phi(u)^2] / var ... ) + bias[h] there, E[phi(u)^2] = ``self_k(v)``: act 0 (ReLU family) coef = the
+    next layer's scale times E[phi(u)^2] / v; act 1 (Erf) coef = the next layer's scale, times
+    (2 / pi) asin(2 v / (1 + 2 v)); act 2 (Gelu) coef = the scale, times v ((v / ((v + 1) r) + atan2(v, r) / 2)
+    / pi + 1 / 4), r = sqrt(1 + 2 v); act 3 (Sin) coef = the scale times a^2 / 2, times
+    1 - e^{-2 b^2 v} cos 2c = 2 sin^2 c - cos 2c expm1(-2 b^2 v) (aux = (b^2, cos 2c, 2 sin^2 c): no
+    cancellation at small v when cos 2c > 0).
     Sigma^(0) = s0 box(x . x) + bias[0].  x: flat (N, C, H, W); shape taken from out."""
     n_img, _, h, w = out.shape
     n_c = x.shape[0] // (n_img * h * w)
@@ -718,6 +893,12 @@ def _prepare_kernel(x, q, n_layers, coef, bias, s0, act, out):
     one = _cst(x, 1.0)
     two = _cst(x, 2.0)
     two_pi = _cst(x, 2.0 / math.pi)
+    quarter = _cst(x, 0.25)
+    half = _cst(x, 0.5)
+    inv_pi = _cst(x, 1.0 / math.pi)
+    sb2 = aux[0]
+    c2c = aux[1]
+    omc = aux[2]
     pad = np.zeros((h + 2 * r) * s_, dtype=x.dtype)  # zero border of width r, row stride s_
     vsr = np.empty(s_, dtype=x.dtype)
     flat = out.reshape(-1)
@@ -757,10 +938,22 @@ def _prepare_kernel(x, q, n_layers, coef, bias, s0, act, out):
             for i in range(h):
                 po = np.uint64((i + r) * s_ + r)
                 oo = base + np.uint64(i * w)
-                if act == 1:  # two loops: a branch inside would keep the ReLU loop from vectorising
+                if act == 1:  # one loop each: a branch inside would keep the ReLU loop from vectorising
                     for j in range(uw):
                         var = max(flat[oo + j] * scl + b2, zero)
                         pad[po + j] = cf * two_pi * math.asin(two * var / (one + two * var))
+                        flat[oo + j] = math.sqrt(var)
+                elif act == 2:
+                    for j in range(uw):
+                        var = max(flat[oo + j] * scl + b2, zero)
+                        rt = math.sqrt(one + two * var)
+                        pad[po + j] = cf * var * ((var / ((var + one) * rt) + half * math.atan2(var, rt)) * inv_pi
+                                                  + quarter)
+                        flat[oo + j] = math.sqrt(var)
+                elif act == 3:
+                    for j in range(uw):
+                        var = max(flat[oo + j] * scl + b2, zero)
+                        pad[po + j] = cf * (omc - c2c * math.expm1(-two * sb2 * var))
                         flat[oo + j] = math.sqrt(var)
                 else:
                     for j in range(uw):
@@ -780,15 +973,19 @@ def prepare(x: torch.Tensor, net: Network | Chain, shapes=None) -> torch.Tensor:
     out = np.empty((a.shape[0], n, a.shape[2], a.shape[3]), dtype=a.dtype)
     act = c.acts[0]
     half = (float(act.a) ** 2 + float(act.b) ** 2) / 2 if isinstance(act, ABReLU) else 0.5
-    if isinstance(act, Erf):
+    aux = np.zeros(3, dtype=a.dtype)
+    if isinstance(act, (Erf, Gelu)):
         coef = np.array([c.scale(layer + 1) for layer in range(n)], dtype=a.dtype)
+    elif isinstance(act, Sin):
+        coef = np.array([c.scale(layer + 1) * float(act.a) ** 2 / 2 for layer in range(n)], dtype=a.dtype)
+        aux[:] = (float(act.b) ** 2, math.cos(2.0 * float(act.c)), 2.0 * math.sin(float(act.c)) ** 2)
     else:
         coef = np.array([c.scale(layer + 1) * half if half != 0.5 else c.scale(layer + 1) / 2 for layer in range(n)],
                         dtype=a.dtype)
     bias = np.array([c.b2[layer] for layer in range(n)], dtype=a.dtype)
     if out.size:
         _prepare_kernel(a.reshape(-1), c.filter_size, n, coef, bias, a.dtype.type(c.scale(0, a.shape[1])),
-                        _act_code(c), out)
+                        _act_code(c), aux, out)
     return torch.from_numpy(out)
 
 

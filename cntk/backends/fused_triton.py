@@ -23,9 +23,10 @@ L1/L2): store, barrier, q - 1 shifted masked loads along columns, store, barrier
 loads along rows; consecutive box sums alternate between the two halves, so two barriers per box
 sum suffice.  Per-image sqrt-diagonals come from ``planes.prepare``.  Each item writes one
 float64 partial sum; a torch sum over the pair's partials gives the kernel value (deterministic,
-no atomics, no P^2 intermediate in main memory: main memory holds only the inputs, the (N, L, H,
-W) statistics, the partials and the scratch).  symmetric / ntk / fix are runtime flags, so one
-compiled kernel serves every architecture of a given image shape, filter size and dtype.
+no atomics; without pools no P^2 intermediate in main memory: it holds only the inputs, the
+(N, L, H, W) statistics, the partials and the scratch; pools: see below).  symmetric / ntk / fix
+are runtime flags, so one compiled kernel serves every depth of a given image shape, filter size
+and dtype.
 
 Precision.  The ReLU step is that of ``cntk.arccos`` with pi - arccos(rho) computed as
 arccos(-rho) by an in-kernel arccos (Triton's interpreter has no libdevice): asin on [0, 1/2] by
@@ -33,8 +34,30 @@ a polynomial fitted for each dtype (relative error 1e-9 for float32, 5e-18 for f
 acos(x) = 2 asin(sqrt((1 - |x|) / 2)) for |x| > 1/2.  Self pairs use rho = 1 exactly on their
 zero-offset fold.  Zero variance gives K = Kdot = 0.
 
-Networks: the paper's own family only (``chain_form.Chain.paper_family``: ReLU, c_sigma = 2, no
-bias, all layers trained or the paper's fix); others go to the CPU backends (``supports``).
+Pools (docs/triton_pooling.md).  A chain with k x k average pools after activations (Myrtle) runs
+as one launch per stage (``Chain.stages``), over the same batch of pairs: 3 for Myrtle-5/7/10,
+one more when a pool comes right before the readout (a stage with no activation, which reads
+the pooled planes out as they are).  A stage's programs hold FB folds of that stage, as above;
+stage s holds only the folds of its window of offsets |d| <= m_s (``planes.windows``: every offset
+for GAP, for the flatten readout the k m_{s+1} + k - 1 that the next stage gathers), fold indices
+0..2m mapped onto folds 0..m and H - m..H - 1.  A stage that is not the last stores its last
+activation's K and Kdot Theta + K planes (K alone for NNGP) in a global buffer, laid out
+[pair][K | T][fold index][u][v]; the next stage's programs start by gathering, for each of their
+entries, the k^4 source entries of its pixel pair ((2k - 1)^2 source planes per output plane)
+from that buffer, dividing by k^4, and box-summing (``_pool_gather``).  Gather rather than an
+atomic scatter into a pooled buffer: each output entry is written once, by one program, in a
+fixed order (deterministic, no zeroing pass, no float64 atomics), at the cost of a buffer of
+unpooled planes: 2 n_folds_s h_s w_s numbers per pair for each stage but the last, and a launch
+holds two consecutive ones (Myrtle on 32 x 32: 8.5 MiB per pair in float32, 17 MiB in float64,
+``bytes_per_pair``; pairs per launch follow ``memory_mb``).  Per-image diagonals come from
+``planes.self_stds`` (the self pairs' own windowed recursion, O(N)), stage s in the top-left
+h_s x w_s corner of (N, L, H, W); self pairs use rho = 1 on fold index 0 (the zero plane) of every
+stage.  POOL (the k that feeds the stage, 1: the inputs) and WRITE are constexprs, so the
+unpooled kernel carries no pooling code.
+
+Networks: the paper's own family (``Chain.paper_family``: ReLU, c_sigma = 2, no bias, all layers
+trained or the paper's fix), with or without average pools after activations; others go to the
+CPU backends (``supports``).
 
 Availability: importing needs triton (ImportError otherwise, handled by ``cntk.api``); CUDA
 devices are supported, and CPU tensors only when TRITON_INTERPRET=1 (Triton's interpreter, for
@@ -42,6 +65,7 @@ tests).  The mode is read when a kernel is launched, not when this module is imp
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import types
@@ -209,14 +233,58 @@ def _box_sum(a, b, sb, off, u, yr, v, yc, H, W,
     return oa, ob
 
 
-def _cntk_kernel(x_ptr, y_ptr, sx_ptr, sy_ptr, ii_ptr, jj_ptr, part_ptr, scratch_ptr,
-                 n_items, n_groups, fold_group, n_folds, n_layers, C, H, W, symmetric, ntk, fix,
-                 SCALE: tl.constexpr, Q: tl.constexpr, FB: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                 F64: tl.constexpr, IEEE: tl.constexpr):
-    """Persistent programs; item = (pair, group of fold_group blocks of FB folds) -> one partial sum.
+def _pool_gather(src, u, yr, v, yc, inimg, sh, sw, smh, smw, snfh, snfw, ntk, K: tl.constexpr):
+    """The k x k average pool of the previous stage's (K, Kdot Theta + K) planes at this stage's fold
+    entries: the entry of x pixel (u, v), y pixel (yr, yc) averages the k^4 source entries of x pixel
+    (k u + a, k v + b), y pixel (k yr + a', k yc + b'), a, a', b, b' < k (a gather: (2k - 1)^2 source
+    planes per output plane, no atomics).  src: this pair's source block, [K planes, T planes], each
+    (snfh * snfw, sh, sw) in the previous stage's fold layout (window smh, smw); a source entry lies
+    on fold ((k yr + a' - k u - a) mod sh, ...) at position (k u + a, k v + b).  T is read only when
+    ntk."""
+    blk = snfh * snfw * sh * sw
+    with_t = (u * 0 + ntk) != 0  # a tensor: the interpreter passes plain ints
+    # tl.full, not tl.zeros: a @jit function of triton.language.standard (see the readout's tl.reduce)
+    kp = tl.full(inimg.shape, 0.0, src.dtype.element_ty)
+    tp = tl.full(inimg.shape, 0.0, src.dtype.element_ty)
+    for a in tl.static_range(K):
+        xs = u * K + a
+        for a2 in tl.static_range(K):
+            dr = yr * K + a2 - xs
+            fh = tl.where(dr < 0, dr + sh, dr)
+            okr = (fh <= smh) | (fh >= sh - smh)
+            ih = tl.where(fh <= smh, fh, fh - sh + snfh)
+            rbase = ih * snfw
+            for b in tl.static_range(K):
+                xc = v * K + b
+                for b2 in tl.static_range(K):
+                    dc = yc * K + b2 - xc
+                    fw = tl.where(dc < 0, dc + sw, dc)
+                    okc = (fw <= smw) | (fw >= sw - smw)
+                    iw = tl.where(fw <= smw, fw, fw - sw + snfw)
+                    idx = ((rbase + iw) * sh + xs) * sw + xc
+                    m = inimg & okr & okc
+                    kp += tl.load(src + idx, mask=m, other=0.0)
+                    tp += tl.load(src + (blk + idx), mask=m & with_t, other=0.0)
+    return kp / (K * K * K * K), tp / (K * K * K * K)
 
-    symmetric, ntk, fix are runtime 0/1 flags (uniform branches), not constexprs, so that one
-    compiled kernel serves every architecture of a given image shape, filter size and dtype.
+
+def _cntk_kernel(x_ptr, y_ptr, sx_ptr, sy_ptr, ii_ptr, jj_ptr, part_ptr, scratch_ptr, src_ptr, dst_ptr,
+                 n_items, n_groups, fold_group, n_folds, n_layers, C, H, W, symmetric, ntk, fix_first, fix_last,
+                 layer0, n_stats, img_h, img_w, mh, mw, nfh, nfw, sh, sw, smh, smw, snfh, snfw,
+                 SCALE: tl.constexpr, Q: tl.constexpr, FB: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                 F64: tl.constexpr, IEEE: tl.constexpr, POOL: tl.constexpr, WRITE: tl.constexpr):
+    """Persistent programs; item = (pair, group of fold_group blocks of FB folds).  One stage of the
+    chain (all of it when unpooled): H x W pixels, n_layers activations from global layer layer0,
+    the folds of the offset window (mh, mw) (nfh x nfw of them, n_folds in all).
+
+    POOL = 1: the stage starts from the inputs (the first stage); POOL = k: from the k x k pool of
+    the previous stage's planes at src_ptr (sh x sw pixels, window (smh, smw), snfh x snfw folds).
+    WRITE: store the last activation's (K, Kdot Theta + K) planes at dst_ptr for the next stage;
+    else sum the readout into one float64 partial per item (part_ptr).  n_layers = 0 (a pool right
+    before the readout) reads the pooled planes out as they are.
+
+    symmetric, ntk, fix_first, fix_last are runtime 0/1 flags (uniform branches), not constexprs,
+    so that one compiled kernel serves every depth of a given stage shape, filter size and dtype.
     """
     N: tl.constexpr = FB * BH * BW
     pid = tl.program_id(0)
@@ -226,66 +294,91 @@ def _cntk_kernel(x_ptr, y_ptr, sx_ptr, sy_ptr, ii_ptr, jj_ptr, part_ptr, scratch
     u = tl.arange(0, BH)[None, :, None]
     v = tl.arange(0, BW)[None, None, :]
     off = (fb * BH + u) * BW + v
-    xoff = u * W + v
-    hw = H * W
+    xoff = u * img_w + v
+    img_hw = img_h * img_w
     for item in range(pid, n_items, nprog):
         pair = item // n_groups
         grp = item - pair * n_groups
         i = tl.load(ii_ptr + pair).to(tl.int64)
         j = tl.load(jj_ptr + pair).to(tl.int64)
-        xb = x_ptr + i * C * hw
-        yb = y_ptr + j * C * hw
-        sxb = sx_ptr + i * n_layers * hw
-        syb = sy_ptr + j * n_layers * hw
         acc = tl.full([1], 0.0, tl.float64)
         for g in range(fold_group):
             first = (grp * fold_group + g) * FB
             if first < n_folds:
                 tl.debug_barrier()  # the scratch's last readers (previous fold) are done
                 f = first + fb
-                fh = f // W
-                fw = f - fh * W
+                fi = f // nfw
+                fj = f - fi * nfw
+                fh = tl.where(fi <= mh, fi, fi - nfh + H)  # fold index -> fold (offset mod H)
+                fw = tl.where(fj <= mw, fj, fj - nfw + W)
                 yr = u + fh
                 yr = tl.where(yr >= H, yr - H, yr)
                 yc = v + fw
                 yc = tl.where(yc >= W, yc - W, yc)
                 inimg = (u < H) & (v < W) & (f < n_folds)
-                yoff = yr * W + yc
-                s0 = tl.load(xb + xoff, mask=inimg, other=0.0) * tl.load(yb + yoff, mask=inimg, other=0.0)
-                for c in range(1, C):
-                    xc = tl.load(xb + c * hw + xoff, mask=inimg, other=0.0)
-                    ycv = tl.load(yb + c * hw + yoff, mask=inimg, other=0.0)
-                    s0 += xc * ycv
-                sig, _unused = _box_sum(s0, s0, base, off, u, yr, v, yc, H, W, N, BW, Q, False)
-                theta = tl.where(fix != 0, 0.0, sig)
-                exact = (f == 0) & (i == j) & (symmetric != 0)  # a self pair's zero-offset fold: rho = 1
+                yoff = yr * img_w + yc
+                exact = (f == 0) & (i == j) & (symmetric != 0)  # a self pair's zero plane: rho = 1
+                if POOL == 1:
+                    xb = x_ptr + i * C * H * W
+                    yb = y_ptr + j * C * H * W
+                    s0 = tl.load(xb + xoff, mask=inimg, other=0.0) * tl.load(yb + yoff, mask=inimg, other=0.0)
+                    for c in range(1, C):
+                        xc = tl.load(xb + c * H * W + xoff, mask=inimg, other=0.0)
+                        ycv = tl.load(yb + c * H * W + yoff, mask=inimg, other=0.0)
+                        s0 += xc * ycv
+                    sig, _unused = _box_sum(s0, s0, base, off, u, yr, v, yc, H, W, N, BW, Q, False)
+                    theta = tl.where(fix_first != 0, 0.0, sig)
+                else:
+                    src = src_ptr + pair.to(tl.int64) * ((1 + ntk) * snfh * snfw * sh * sw)
+                    kp, tp = _pool_gather(src, u, yr, v, yc, inimg, sh, sw, smh, smw, snfh, snfw, ntk, POOL)
+                    if ntk != 0:
+                        sig, theta = _box_sum(kp, tp, base, off, u, yr, v, yc, H, W, N, BW, Q, True)
+                    else:
+                        sig, _unused = _box_sum(kp, kp, base, off, u, yr, v, yc, H, W, N, BW, Q, False)
+                        theta = sig
+                sxb = sx_ptr + (i * n_stats + layer0) * img_hw
+                syb = sy_ptr + (j * n_stats + layer0) * img_hw
                 for layer in range(n_layers - 1):
                     sb = base + ((layer + 1) % 2) * (4 * N)  # alternate scratch areas
-                    sxl = tl.load(sxb + layer * hw + xoff, mask=inimg, other=0.0)
-                    syl = tl.load(syb + layer * hw + yoff, mask=inimg, other=0.0)
+                    sxl = tl.load(sxb + layer * img_hw + xoff, mask=inimg, other=0.0)
+                    syl = tl.load(syb + layer * img_hw + yoff, mask=inimg, other=0.0)
                     k, kdot = _relu_step(sig, sxl, syl, exact, SCALE, F64, IEEE)
                     if ntk != 0:
                         sig, theta = _box_sum(k, kdot * theta + k, sb, off, u, yr, v, yc, H, W, N, BW, Q, True)
                     else:
                         sig, _unused = _box_sum(k, k, sb, off, u, yr, v, yc, H, W, N, BW, Q, False)
-                last = n_layers - 1
-                sxl = tl.load(sxb + last * hw + xoff, mask=inimg, other=0.0)
-                syl = tl.load(syb + last * hw + yoff, mask=inimg, other=0.0)
+                last = n_layers - 1  # -1 when the stage has no activation: masked
+                has = (u * 0 + n_layers) > 0  # a tensor: the interpreter passes plain ints
+                lm = inimg & has
+                sxl = tl.load(sxb + last * img_hw + xoff, mask=lm, other=0.0)
+                syl = tl.load(syb + last * img_hw + yoff, mask=lm, other=0.0)
                 k, kdot = _relu_step(sig, sxl, syl, exact, SCALE, F64, IEEE)
-                final = tl.where(ntk != 0, kdot * theta + tl.where(fix != 0, 0.0, k), k)
-                final = tl.where(inimg, final, 0.0).to(tl.float64)
-                # tl.reduce with Triton's own sum combiner rather than tl.sum: tl.sum is a @jit
-                # function of triton.language.standard, which the interpreter cannot call when
-                # triton was imported before TRITON_INTERPRET was set; the interpreter
-                # recognises this combiner and sums with numpy
-                final = tl.reduce(final, 2, tl.standard._sum_combine)
-                final = tl.reduce(final, 1, tl.standard._sum_combine)
-                acc += tl.reduce(final, 0, tl.standard._sum_combine)
+                t = kdot * theta + tl.where(fix_last != 0, 0.0, k)
+                if POOL != 1:  # no activation in this stage: the pooled planes themselves
+                    k = tl.where(has, k, kp)
+                    t = tl.where(has, t, tp)
+                if WRITE:
+                    dst = dst_ptr + pair.to(tl.int64) * ((1 + ntk) * n_folds * H * W)
+                    doff = (f * H + u) * W + v
+                    tl.store(dst + doff, k, mask=inimg)
+                    tl.store(dst + (n_folds * H * W + doff), t, mask=inimg & ((u * 0 + ntk) != 0))
+                else:
+                    final = tl.where(ntk != 0, t, k)
+                    final = tl.where(inimg, final, 0.0).to(tl.float64)
+                    # tl.reduce with Triton's own sum combiner rather than tl.sum: tl.sum is a @jit
+                    # function of triton.language.standard, which the interpreter cannot call when
+                    # triton was imported before TRITON_INTERPRET was set; the interpreter
+                    # recognises this combiner and sums with numpy
+                    final = tl.reduce(final, 2, tl.standard._sum_combine)
+                    final = tl.reduce(final, 1, tl.standard._sum_combine)
+                    acc += tl.reduce(final, 0, tl.standard._sum_combine)
         tl.store(part_ptr + (tl.full([1], 0, tl.int64) + item), acc)
 
 
-_NO_SPECIALIZE = ("n_items", "n_groups", "fold_group", "n_folds", "n_layers", "C", "H", "W", "symmetric", "ntk", "fix")
-_DEVICE_FUNCS = ("_sqrt", "_acos", "_relu_step", "_box_sum", "_cntk_kernel")
+_NO_SPECIALIZE = ("n_items", "n_groups", "fold_group", "n_folds", "n_layers", "C", "H", "W", "symmetric", "ntk",
+                  "fix_first", "fix_last", "layer0", "n_stats", "img_h", "img_w", "mh", "mw", "nfh", "nfw",
+                  "sh", "sw", "smh", "smw", "snfh", "snfw")
+_DEVICE_FUNCS = ("_sqrt", "_acos", "_relu_step", "_box_sum", "_pool_gather", "_cntk_kernel")
 _BUILT: dict[bool, object] = {}
 
 
@@ -322,9 +415,14 @@ def _kernel(interpret: bool):
 # ---------------------------------------------------------------------------------------------
 
 
+def _paper_family(c: Chain) -> bool:
+    """The paper's family, AvgPool(k) after activations allowed (Myrtle): ReLU, c_sigma = 2, no bias."""
+    return dataclasses.replace(c, pools=()).paper_family
+
+
 def supports(net: Network, device: torch.device | str) -> str | None:
     """CUDA devices (when torch sees one), the CPU only under TRITON_INTERPRET=1 (the interpreter);
-    the paper's family of networks."""
+    the paper's family of networks, with or without average pools (Myrtle)."""
     device = torch.device(device)
     ok = (_interpreting() or torch.cuda.is_available()) if device.type == "cuda" else (
         device.type == "cpu" and _interpreting())
@@ -333,20 +431,66 @@ def supports(net: Network, device: torch.device | str) -> str | None:
     c = chain(net)
     if isinstance(c, str):
         return c
-    if c.family != "cnn" or not c.paper_family:
-        return "it computes the paper's family only (ReLU, c_sigma = 2, no bias, fix or not)"
+    if c.family != "cnn" or not _paper_family(c):
+        return ("it computes the paper's family only (ReLU, c_sigma = 2, no bias, fix or not; "
+                "AvgPool after activations allowed)")
     return None
 
 
 def prepare(x: torch.Tensor, net: Network, shapes=None) -> torch.Tensor:
-    """Per-image sqrt-diagonals, (N, L, H, W): those of ``cntk.backends.planes``."""
+    """Per-image sqrt-diagonals, (N, L, H, W): those of ``cntk.backends.planes`` (for pooled chains
+    ``planes.self_stds``: stage s in the top-left h_s x w_s corner)."""
     return planes.prepare(x, net)
 
 
+@dataclasses.dataclass(frozen=True)
+class _StagePlan:
+    """One launch: a stage of h x w pixels, its activations [layer0, layer0 + n_layers), the folds of
+    its offset window (mh, mw) (nfh x nfw fold indices), the pool k that feeds it (1: the inputs)."""
+
+    h: int
+    w: int
+    mh: int
+    mw: int
+    layer0: int
+    n_layers: int
+    pool_in: int
+
+    @property
+    def nfh(self) -> int:
+        return min(self.h, 2 * self.mh + 1)
+
+    @property
+    def nfw(self) -> int:
+        return min(self.w, 2 * self.mw + 1)
+
+    @property
+    def n_folds(self) -> int:
+        return self.nfh * self.nfw
+
+
+def _stage_plans(c: Chain, h: int, w: int) -> list[_StagePlan]:
+    """The launches of an h x w input: one per stage (``Chain.stages``), windows of ``planes.windows``."""
+    stages = c.stages(h, w)
+    counts = [0] * len(stages)
+    for layer in range(c.n_act_layers):
+        counts[c.stage_of(layer)] += 1
+    out, layer0, k_in = [], 0, 1
+    for (sh, sw, k), (mh, mw), n in zip(stages, planes.windows(c, h, w, c.readout == "gap"), counts):
+        out.append(_StagePlan(sh, sw, mh, mw, layer0, n, k_in))
+        layer0, k_in = layer0 + n, k
+    return out
+
+
 def bytes_per_pair(shape: tuple[int, int, int], net: Network, itemsize: int) -> int:
-    """Main memory per pair of one launch: at most one float64 partial per fold, plus indices."""
+    """Main memory per pair of one launch: at most one float64 partial per fold, plus indices; with
+    pools, the (K, Kdot Theta + K) planes of consecutive stages (the one read and the one written)."""
     _, h, w = shape
-    return (h * w if chain(net).readout == "gap" else 1) * 8 + 16
+    c = chain(net)
+    plans = _stage_plans(c, h, w)
+    held = [2 * p.n_folds * p.h * p.w * itemsize for p in plans[:-1]] + [0]
+    peak = max(a + b for a, b in zip([0] + held, held))
+    return plans[-1].n_folds * 8 + 16 + peak
 
 
 _PROGRAMS_PER_SM: dict[tuple, int] = {}
@@ -374,13 +518,35 @@ def _programs_per_sm(kern, args: tuple, consts: dict, warps: int, device: torch.
 
 
 def _pairs(x1, s1, x2, s2, ii, jj, arch: Chain, kind: str, symmetric: bool) -> torch.Tensor:
-    """Kernel values of the pairs (x1[ii], x2[jj]) as float64, one launch."""
+    """Kernel values of the pairs (x1[ii], x2[jj]) as float64: one launch per stage (one in all
+    without pools); a stage's last (K, Kdot Theta + K) planes go to a buffer that the next one pools."""
     n_pairs = len(ii)
-    _, c, h, w = x1.shape
-    n_layers = arch.n_act_layers
+    _, c, h0, w0 = x1.shape
+    ntk = kind == "ntk"
     interpret = _interpreting() or x1.device.type != "cuda"
+    kern = _kernel(interpret)
+    plans = _stage_plans(arch, h0, w0)
+    src, prev = x1, None  # src: a stage's input buffer (unused by the first stage)
+    for s, st in enumerate(plans):
+        last_stage = s == len(plans) - 1
+        dst = (torch.empty(n_pairs * (1 + ntk) * st.n_folds * st.h * st.w, dtype=x1.dtype, device=x1.device)
+               if not last_stage else x1)
+        holds_last_layer = st.layer0 + st.n_layers == arch.n_act_layers and st.n_layers > 0
+        part = _launch(kern, interpret, x1, s1, x2, s2, ii, jj, src, dst, st, prev, arch, ntk, symmetric,
+                       c, h0, w0, fix_last=arch.fix_first_last and holds_last_layer, write=not last_stage)
+        src, prev = dst, st
+    total = part.sum(1)
+    st = plans[-1]
+    return total if arch.readout == "flatten" else total / float(st.h * st.w) ** 2
+
+
+def _launch(kern, interpret, x1, s1, x2, s2, ii, jj, src, dst, st: _StagePlan, prev: _StagePlan | None,
+            arch: Chain, ntk: bool, symmetric: bool, c: int, h0: int, w0: int, fix_last: bool, write: bool):
+    """One stage's launch over all pairs: the persistent grid, its fold blocks and its partials."""
+    n_pairs = len(ii)
+    h, w = st.h, st.w
     bh, bw = triton.next_power_of_2(h), triton.next_power_of_2(w)
-    n_folds = h * w if arch.readout == "gap" else 1
+    n_folds = st.n_folds
     # folds per block: about 1024 entries on a GPU (one 32 x 32 fold, or 16 folds of 8 x 8), up
     # to 4096 in the interpreter, whose cost is per operation, not per entry
     fb = max(1, min(triton.next_power_of_2(n_folds), (4096 if interpret else 1024) // (bh * bw)))
@@ -389,8 +555,9 @@ def _pairs(x1, s1, x2, s2, ii, jj, arch: Chain, kind: str, symmetric: bool) -> t
     consts = dict(
         SCALE=arch.act_scale / (2 * math.pi), Q=arch.filter_size, FB=fb, BH=bh, BW=bw, F64=x1.dtype == torch.float64,
         IEEE=x1.dtype == torch.float32 and os.environ.get(_ENV_IEEE, "") == "1",
+        POOL=1 if prev is None else st.pool_in, WRITE=write,
     )
-    kern = _kernel(interpret)
+    pv = prev or st  # the source stage's geometry (unused by the first stage)
     scratch_per_program = 8 * fb * bh * bw
     launch = {} if interpret else {"num_warps": warps}
 
@@ -401,9 +568,11 @@ def _pairs(x1, s1, x2, s2, ii, jj, arch: Chain, kind: str, symmetric: bool) -> t
         nprog = max(1, min(nprog, n_pairs * n_groups))
         part = torch.empty(n_pairs, n_groups, dtype=torch.float64, device=x1.device)
         scratch = torch.empty(nprog * scratch_per_program, dtype=x1.dtype, device=x1.device)
-        return nprog, (x1, x2, s1, s2, ii, jj, part, scratch,
-                       n_pairs * n_groups, n_groups, fold_group, n_folds, n_layers, c, h, w,
-                       int(symmetric), int(kind == "ntk"), int(arch.fix_first_last))
+        return nprog, (x1, x2, s1, s2, ii, jj, part, scratch, src, dst,
+                       n_pairs * n_groups, n_groups, fold_group, n_folds, st.n_layers, c, h, w,
+                       int(symmetric), int(ntk), int(not arch.trainable[0]), int(fix_last),
+                       st.layer0, arch.n_act_layers, h0, w0, st.mh, st.mw, st.nfh, st.nfw,
+                       pv.h, pv.w, pv.mh, pv.mw, pv.nfh, pv.nfw)
 
     if interpret:
         nprog, args = plan(3)  # programs run one after another: a few, to exercise the persistent loop
@@ -414,9 +583,7 @@ def _pairs(x1, s1, x2, s2, ii, jj, arch: Chain, kind: str, symmetric: bool) -> t
         if wanted != nprog:
             nprog, args = plan(wanted)
     kern[(nprog,)](*args, **consts, **launch)
-    part = args[6]
-    total = part.sum(1)
-    return total if arch.readout == "flatten" else total / float(h * w) ** 2
+    return args[6]
 
 
 def tile(x1, s1, x2, s2, net: Network, shapes, kind: str, symmetric: bool, batch_size: int) -> torch.Tensor:
