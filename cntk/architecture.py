@@ -15,11 +15,10 @@ An architecture answers for itself: ``network()`` (its layers), ``name`` (figure
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 
-from cntk.activations import ACTIVATIONS
+from cntk.activations import ACTIVATIONS, ABReLU
 from cntk.errors import NetworkError
 
 FAMILIES = ("cnn", "fc", "myrtle")
@@ -100,9 +99,10 @@ class Architecture:
 
     @property
     def _takes_slopes(self) -> bool:
-        """Whether the activation's class has the slopes a, b that abrelu_a / abrelu_b set."""
-        names = {f.name for f in dataclasses.fields(ACTIVATIONS[self.activation])}
-        return set(ABRELU_PARAMS) <= names
+        """Whether the activation is ABReLU (or a subclass), whose slopes a, b abrelu_a / abrelu_b set.
+        Other activations with fields of the same names (Sin's amplitude a and frequency b) keep their
+        own defaults: abrelu_a = 0 would make Sin the zero function."""
+        return issubclass(ACTIVATIONS[self.activation], ABReLU)
 
     @property
     def n_act_layers(self) -> int:
