@@ -6,7 +6,11 @@ on disk (cntk.store.tiles), each Hydra job computing its round-robin share, resu
 Several kernels in one pass: ``experiment.kind=both`` (NTK and NNGP) and ``experiment.depths=[3,6]``
 (depths besides ``model.depth``) fill one store per (depth, kind), each exactly the store a
 single-kernel run with that ``model.depth`` and ``experiment.kind`` would make (``solve`` reads
-it with those settings), from one recursion per tile (``cntk.kernels``).
+it with those settings), from one recursion per tile (``cntk.kernels``).  ``experiment.also_fix=true``
+(with model.fix_first_last=false) fills in the same pass the NTK stores of the paper's "fix"
+(first layer and readout frozen) at every depth, each exactly the store of a separate run with
+``model.fix_first_last=true experiment.kind=ntk`` (its NNGP is the unfixed one: no store for it);
+with experiment.store they are its depthD-ntk-fix subfolders.
 
 The store is tied to its inputs' identity (data set, chosen indices, preprocessing, raw bytes:
 experiments/harness/data.py), so any threads=, launcher or job count computes, resumes and solves it.
@@ -24,7 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cntk.architecture import Architecture
+from cntk.architecture import Architecture, ArchitectureError
+from cntk.depths import kernels as cntk_kernels
 from cntk.store.atomic import write_atomic
 from cntk.store.tiles import TileStore, compute_tile_group
 from experiments.harness.runner import ENDING
@@ -60,6 +65,7 @@ class Config(StoreConfig):
     job: int = 0  # this job's index: it computes tiles job, job + num_jobs, ...
     num_jobs: int = 1
     backend: str = "auto"
+    also_fix: bool = False  # also the NTK stores of model.fix_first_last=true, every depth, same pass
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,27 +78,34 @@ class Config(StoreConfig):
               f"must be in [0, experiment.num_jobs={self.num_jobs}), got {self.job}")
 
 
-def readouts(cfg: RunConfig | dict[str, Any]) -> list[tuple[int, str]]:
-    """The (depth, kind) kernels a config fills: model.depth and experiment.depths (gram), times
-    experiment.kind (both: NTK and NNGP)."""
+def readouts(cfg: RunConfig | dict[str, Any]) -> list[tuple[int, str, bool]]:
+    """The (depth, kind, fix_first_last) kernels a config fills: model.depth and experiment.depths
+    (gram), times experiment.kind (both: NTK and NNGP), with model.fix_first_last; with
+    experiment.also_fix (gram) also (depth, "ntk", True) for every depth."""
     get = (lambda k: _dig(cfg, k)) if isinstance(cfg, dict) else (lambda k: _attr(cfg, k))
-    kind, depth = get("experiment.kind"), _architecture(cfg).depth
-    more = _dig(cfg, "experiment.depths") if isinstance(cfg, dict) else getattr(cfg.experiment, "depths", None)
-    depths = [depth] + [int(d) for d in (more or []) if int(d) != depth]  # solve has no experiment.depths
-    return [(d, k) for d in depths for k in (("ntk", "nngp") if kind == "both" else (kind,))]
+    kind, arch = get("experiment.kind"), _architecture(cfg)
+    exp = cfg.get("experiment") or {} if isinstance(cfg, dict) else cfg.experiment
+    more = exp.get("depths") if isinstance(exp, dict) else getattr(exp, "depths", None)
+    also_fix = bool(exp.get("also_fix") if isinstance(exp, dict) else getattr(exp, "also_fix", False))
+    depths = [arch.depth] + [int(d) for d in (more or []) if int(d) != arch.depth]  # solve has no experiment.depths
+    out = [(d, k, arch.fix_first_last) for d in depths for k in (("ntk", "nngp") if kind == "both" else (kind,))]
+    return out + [(d, "ntk", True) for d in depths] * (also_fix and not arch.fix_first_last)
 
 
-def store_path(cfg: RunConfig | dict[str, Any], readout: tuple[int, str] | None = None) -> Path:
-    """Where the kernel ``readout`` = (depth, kind) of this config lives (default: model.depth and
-    experiment.kind): experiment.store (with a DEPTH-KIND subfolder when the config fills more than
-    one kernel), or the default name made of everything that identifies the matrix: the data, the
-    architecture at that depth (``Architecture.slug``), the sizes, the kernel and the dtype."""
+def store_path(cfg: RunConfig | dict[str, Any], readout: tuple | None = None) -> Path:
+    """Where the kernel ``readout`` = (depth, kind[, fix_first_last]) of this config lives (default:
+    model.depth, experiment.kind and model.fix_first_last): experiment.store (with a DEPTH-KIND[-fix]
+    subfolder when the config fills more than one kernel, -fix for the stores of experiment.also_fix),
+    or the default name made of everything that identifies the matrix: the data, the architecture at
+    that depth and fix (``Architecture.slug``), the sizes, the kernel and the dtype."""
     get = (lambda k: _dig(cfg, k)) if isinstance(cfg, dict) else (lambda k: _attr(cfg, k))
-    depth, kind = readout or (_architecture(cfg).depth, get("experiment.kind"))
+    arch = _architecture(cfg)
+    depth, kind, fix = (*(readout or (arch.depth, get("experiment.kind"))), arch.fix_first_last)[:3]
     if get("experiment.store"):
         root = Path(get("experiment.store"))
-        return root / f"depth{depth}-{kind}" if len(readouts(cfg)) > 1 else root
-    name = [get("data.name"), dataclasses.replace(_architecture(cfg), depth=depth).slug,
+        sub = f"depth{depth}-{kind}" + "-fix" * (fix != arch.fix_first_last)
+        return root / sub if len(readouts(cfg)) > 1 else root
+    name = [get("data.name"), dataclasses.replace(arch, depth=depth, fix_first_last=fix).slug,
             f"{get('data.n_train')}x{get('data.n_test')}", kind, get("dtype")]
     name += [f"seed{get('data.seed')}"] * bool(get("data.seed"))
     return Path("stores") / "-".join(str(p) for p in name)
@@ -122,14 +135,16 @@ def _dig(doc: dict, key: str) -> Any:
     return doc
 
 
-def open_stores(cfg: RunConfig, data: Dataset, dtype: torch.dtype, readout: tuple[int, str] | None = None):
+def open_stores(cfg: RunConfig, data: Dataset, dtype: torch.dtype, readout: tuple | None = None):
     """(train store, test x train store or None, train inputs, test inputs) of one kernel of this
-    config (``readout`` = (depth, kind); default: model.depth and experiment.kind)."""
-    depth, kind = readout or (cfg.model.depth, cfg.experiment.kind)
-    arch = dataclasses.replace(cfg.model.architecture(), depth=depth)
+    config (``readout`` = (depth, kind[, fix_first_last]); default: model.depth, experiment.kind and
+    model.fix_first_last)."""
+    base = cfg.model.architecture()
+    depth, kind, fix = (*(readout or (cfg.model.depth, cfg.experiment.kind)), base.fix_first_last)[:3]
+    arch = dataclasses.replace(base, depth=depth, fix_first_last=fix)
     xtr = arch.inputs(data.x_train.to(dtype))
     xte = arch.inputs(data.x_test.to(dtype))
-    root = store_path(cfg, (depth, kind))
+    root = store_path(cfg, (depth, kind, fix))
     ids = data.identity("train"), data.identity("test")
     tile = cfg.experiment.tile
     try:
@@ -166,8 +181,61 @@ def interrupt_note(configs: list[dict[str, Any]]) -> str:
     return f"{sum(tiles_done(s) for s in stores)} tiles kept, rerun the same command to resume"
 
 
+def _check_also_fix(cfg: RunConfig) -> None:
+    """experiment.also_fix needs an unfixed model whose fix variant exists at every depth (one line)."""
+    if not cfg.experiment.also_fix:
+        return
+    base = cfg.model.architecture()
+    check(not base.fix_first_last, "experiment.also_fix", "adds the stores of model.fix_first_last=true to an "
+          "unfixed model's; with model.fix_first_last=true set experiment.also_fix=false")
+    for depth in {base.depth, *cfg.experiment.depths}:
+        try:
+            dataclasses.replace(base, depth=depth, fix_first_last=True)
+        except ArchitectureError as err:
+            raise ConfigError(f"experiment.also_fix: no fix variant at depth {depth} ({err})") from None
+
+
+def compute_tiles(stores: list[TileStore], i: int, j: int, rows: torch.Tensor, cols: torch.Tensor | None,
+                  **kernel_options) -> list[str]:
+    """``compute_tile_group`` where the stores also differ in fix_first_last (experiment.also_fix): tile
+    (i, j) of every store that lacks it in one pass (``cntk.kernels(..., fixes=(False, True))``);
+    each store's state before."""
+    fix_of = [bool(s.meta.arch.get("fix_first_last")) for s in stores]
+    if len(set(fix_of)) == 1:
+        return compute_tile_group(stores, i, j, rows, cols, **kernel_options)
+    states = [s.state(i, j) for s in stores]
+    todo = [(s, f) for s, f, state in zip(stores, fix_of, states) if state != "done"]
+    if len({f for _, f in todo}) <= 1:  # what is left needs one fix only
+        if todo:
+            compute_tile_group([s for s, _ in todo], i, j, rows, cols, **kernel_options)
+        return states
+
+    def key(s: TileStore) -> dict:
+        m = dataclasses.asdict(s.meta)
+        m["arch"] = {k: v for k, v in m["arch"].items() if k not in ("depth", "fix_first_last")}
+        return {k: v for k, v in m.items() if k != "kind"}
+
+    if any(key(s) != key(todo[0][0]) for s, _ in todo):
+        raise ValueError(f"the stores of {todo[0][0].path.parent} differ in more than depth, kind and fix_first_last: "
+                         "they cannot share one pass")
+    lead = todo[0][0]
+    arch = Architecture(**{**lead.meta.arch, "fix_first_last": False})
+    depths = sorted({s.readout()[0] for s, _ in todo})
+    kinds = [k for k in ("ntk", "nngp") if any(s.readout()[1] == k for s, _ in todo)]
+    rs, cs = lead.bounds(i, j)
+    other = None if lead.meta.symmetric and i == j else (rows if cols is None else cols)[cs]
+    t0 = time.perf_counter()
+    blocks = cntk_kernels(rows[rs], other, arch, depths=depths, kinds=kinds, fixes=(False, True), progress=False,
+                          **kernel_options)
+    share = (time.perf_counter() - t0) / len(todo)
+    for s, f in todo:
+        s.write_tile(i, j, blocks[(*s.readout(), f)].cpu().numpy(), seconds=share)
+    return states
+
+
 def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:
     g = cfg.experiment
+    _check_also_fix(cfg)
     kernels = readouts(cfg)
     opened = [open_stores(cfg, data, dtype, r) for r in kernels]  # [(train, test, xtr, xte)] per kernel
     xtr, xte = opened[0][2], opened[0][3]
@@ -182,7 +250,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
                                                disable=not cfg.progress):
             t0 = time.perf_counter()
             try:
-                before = compute_tile_group(stores, i, j, r, c, device=device, backend=g.backend)
+                before = compute_tiles(stores, i, j, r, c, device=device, backend=g.backend)
             except OSError as err:
                 raise ConfigError(_unwritable(err, stores[0].path)) from None
             seconds = time.perf_counter() - t0
@@ -193,13 +261,14 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
             if stores[0].meta.symmetric and i == j:
                 n = (rs.stop - rs.start) * (rs.stop - rs.start + 1) // 2
             share = sum(b != "done" for b in before)
-            for store, state, (depth, kind) in zip(stores, before, kernels):
+            for store, state, (depth, kind, fix) in zip(stores, before, kernels):
                 rows.append({
                     "store": str(store.path), "block": name, "tile_row": i, "tile_col": j, "job": g.job,
                     "tile_sha256": store.checksum(i, j),
                     "num_jobs": g.num_jobs, "state_before": state, "entries": 0 if state == "done" else n,
                     "seconds": seconds / share if share and state != "done" else 0.0,
-                    "readout": cfg.model.readout, "depth": depth, "kind": kind, "pass_kernels": share,
+                    "readout": cfg.model.readout, "depth": depth, "kind": kind, "fix_first_last": fix,
+                    "pass_kernels": share,
                 })
     except KeyboardInterrupt:
         from experiments.harness.runner import Interrupted

@@ -227,3 +227,38 @@ def test_pooled_networks_across_lane_blocks():
     with pytest.raises(ValueError, match="one readout per pass"):
         fused.tile_multi(x, fused.prepare(x, P.myrtle(5)), x, fused.prepare(x, P.myrtle(5)), P.myrtle(5), None,
                          np.ones(4, np.int64), True, True, 64)
+
+
+@pytest.mark.parametrize("act", ["relu", "abrelu", "erf", "gelu", "sin"])
+def test_tile_multi_fix_columns_are_the_first_layers_share(act):
+    """tile_multi(fix=True): columns 2 L + h hold the sums of Kdot D, so that column 2 h + 1 minus K and
+    minus them is the NTK of the network with its first layer and readout frozen (the paper's fix), for
+    every activation the kernel compiles; 11 x 11 symmetric (a self pair in every lane) and a cross
+    block; the first 2 L columns equal those of the pass without the fix."""
+    import dataclasses
+
+    from cntk.depths import network_at
+
+    x, y = _images(11, (2, 4, 5), 11), _images(3, (2, 4, 5), 12)
+    # Architecture's abrelu_a / abrelu_b set Sin's a and b (a = 0 by default: a zero network)
+    extra = {"abrelu": dict(abrelu_a=0.2)}.get(act, {})
+    readout = "flatten" if act == "sin" else "gap"
+    arch = cntk.Architecture(depth=4, readout=readout, activation=act, bias_var=0.1, **extra)
+    net = arch.network()
+    n_layers = 3
+    keep = np.ones(n_layers, np.int64)
+    for a, b, sym in [(x, x, True), (y, x, False)]:
+        sa, sb = fused.prepare(a, net), fused.prepare(b, net)
+        raw = fused.tile_multi(a, sa, b, sb, net, None, keep, True, sym, 64, fix=True)
+        plain = fused.tile_multi(a, sa, b, sb, net, None, keep, True, sym, 64)
+        assert raw.shape[-1] == 3 * n_layers and _rel(raw[..., : 2 * n_layers], plain) < 1e-14
+        for layer in range(n_layers):
+            got = raw[..., 2 * layer + 1] - raw[..., 2 * layer] - raw[..., 2 * n_layers + layer]
+            if layer == 0:  # depth 2 with fix freezes every layer: an NTK of 0
+                assert float(got.abs().max() / raw[..., 1].abs().max()) < 1e-14
+                continue
+            ref = cntk.kernel(a, None if sym else b, network_at(dataclasses.replace(arch, fix_first_last=True), layer + 2),
+                              "ntk", backend="numba")
+            assert _rel(got, ref) < 1e-12, (act, sym, layer)
+    with pytest.raises(ValueError, match="fix readouts need"):
+        fused.tile_multi(x, fused.prepare(x, net), x, fused.prepare(x, net), net, None, keep, False, True, 64, fix=True)

@@ -392,3 +392,58 @@ def test_one_pass_gram_fills_one_store_per_depth_and_kind(tmp_path):
     assert redone == [(2, "nngp", "train", 0, 1)]
     np.testing.assert_allclose(TileStore.load(store / "depth2-nngp" / "train").assemble(),
                                cntk.kernel(d.x_train, None, cntk.Architecture(depth=2), "nngp").numpy(), rtol=1e-12)
+
+
+def test_one_pass_gram_fills_the_fix_stores_too(tmp_path):
+    """experiment.also_fix=true: the NTK stores of model.fix_first_last=true at every depth come from the
+    same pass, each the very store a separate fix run makes (that run finds every tile done), equal to
+    the direct fix kernel; solve model.fix_first_last=true reads it, and a mismatch is refused."""
+    import json
+
+    d = load(data_config("digits", n_train=10, n_test=4))
+    common = ["data.n_train=10", "data.n_test=4", "dtype=float64", "experiment.tile=4"]
+    run_py("experiment=gram", *common, "experiment.kind=both", "experiment.depths=[4]", "experiment.also_fix=true",
+           f"hydra.run.dir={tmp_path / 'g'}", cwd=tmp_path)
+    rows = json.loads((tmp_path / "g" / "results.json").read_text())["rows"]
+    assert {(r["depth"], r["kind"], r["fix_first_last"]) for r in rows} == {
+        (3, "ntk", False), (3, "nngp", False), (4, "ntk", False), (4, "nngp", False), (3, "ntk", True), (4, "ntk", True)}
+    for depth in (3, 4):
+        root = tmp_path / "stores" / f"digits-gap-d{depth}-fix-10x4-ntk-float64"
+        arch = cntk.Architecture(depth=depth, fix_first_last=True)
+        np.testing.assert_allclose(TileStore.load(root / "train").assemble(),
+                                   cntk.kernel(d.x_train, None, arch, "ntk").numpy(), rtol=1e-12)
+        np.testing.assert_allclose(TileStore.load(root / "test_train").assemble(),
+                                   cntk.kernel(d.x_test, d.x_train, arch, "ntk").numpy(), rtol=1e-12)
+        assert not (tmp_path / "stores" / f"digits-gap-d{depth}-fix-10x4-nngp-float64").exists()
+    # a separate fix run would make the same stores: it finds every tile done
+    run_py("experiment=gram", *common, "model.fix_first_last=true", "model.depth=4", f"hydra.run.dir={tmp_path / 'f'}",
+           cwd=tmp_path)
+    sep = json.loads((tmp_path / "f" / "results.json").read_text())["rows"]
+    assert sep and {r["state_before"] for r in sep} == {"done"}
+    run_py("experiment=solve", "data.n_train=10", "data.n_test=4", "dtype=float64", "model.fix_first_last=true",
+           "model.depth=4", "experiment.cv_folds=2", f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path)
+    row = json.loads((tmp_path / "s" / "results.json").read_text())["rows"][0]
+    assert row["fix_first_last"] is True and row["depth"] == 4 and 0 <= row["accuracy"] <= 1
+    # with experiment.store: depthD-ntk-fix subfolders, read by their own settings; a mismatch is refused
+    store = tmp_path / "store"
+    run_py("experiment=gram", *common, "experiment.also_fix=true", f"experiment.store={store}",
+           f"hydra.run.dir={tmp_path / 'g2'}", cwd=tmp_path)
+    assert sorted(p.name for p in store.iterdir()) == ["depth3-ntk", "depth3-ntk-fix"]
+    np.testing.assert_array_equal(TileStore.load(store / "depth3-ntk-fix" / "train").assemble(),
+                                  TileStore.load(tmp_path / "stores" / "digits-gap-d3-fix-10x4-ntk-float64" / "train").assemble())
+    wrong = run_py("experiment=solve", "data.n_train=10", "data.n_test=4", "dtype=float64",
+                   f"experiment.store={store / 'depth3-ntk-fix'}", cwd=tmp_path, check=False)
+    assert wrong.returncode != 0 and "fix_first_last: stored True, asked False" in wrong.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("override, says", [
+    ("model.fix_first_last=true", "experiment.also_fix: adds the stores of model.fix_first_last=true"),
+    ("model=myrtle", "experiment.also_fix: no fix variant at depth 5"),
+    ("experiment.depths=[2]", "experiment.also_fix: no fix variant at depth 2"),
+])
+def test_also_fix_refuses_what_has_no_fix_variant(tmp_path, override, says):
+    proc = run_py("experiment=gram", "data.n_train=4", "data.n_test=2", "experiment.also_fix=true", override,
+                  f"experiment.store={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'g'}", cwd=tmp_path, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and says in last, last
+    assert not (tmp_path / "store").exists()

@@ -465,7 +465,8 @@ def _zero_border(buf, hh, ww, r):
 
 
 @njit(fastmath=_FM, cache=True)
-def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, keep, bufs, rows, lacc, tot, pool=None):
+def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, keep, bufs, rows, lacc, tot, pool=None,
+                 dbufs=None):
     """Add to tot[0, lane] the sum over the plane of offset (di, dj) of the last layer's Theta (ntk) or
     Sigma (nngp) of the pair (x1[a], x2[cb * B + lane]), for the B lanes of block cb at once.
     Several readouts in one pass (keep an array, tot of 2 L rows): for every layer h with keep[h] and
@@ -492,7 +493,14 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
     one stage of hs x ws pixels whose planes |di| <= mh, |dj| <= mw run activation layers l0..l1-1:
     from the raw images when l0 = 0, else from src, the pooled K and Kdot Theta + K of this stage
     (``_scatter_row`` layout); when kp > 1 the last layer's rows are pooled into dst (the next stage,
-    window mh2, mw2) instead of summed.  The std maps se, s2b keep the canvas stride H x W."""
+    window mh2, mw2) instead of summed.  The std maps se, s2b keep the canvas stride H x W.
+
+    dbufs (the paper's "fix" read off the same pass; with keep, ntk and a trained first layer; None
+    compiles without it): (5, size) scratch, two plane buffers, a row of D, a row of ones and a row of
+    Kdot D.  D is the first layer's share of Theta: D^(0) = Theta^(0) = Sigma^(0) and D^(h+1) =
+    box(Kdot^(h) D^(h)), no K or bias term, so that Theta with the first layer frozen is Theta - D at
+    every layer.  The activation step then runs with Theta = 1 and kf = 0 (it writes Kdot), and
+    Kdot Theta + kf K and Kdot D are formed here; the plane sums of Kdot^(h) D^(h) go to tot[2 L + h]."""
     n_c, h, w, n_layers = shape
     r = q // 2
     hs, ws, l0, l1, kp = _stage_dims(pool, h, w, n_layers)
@@ -510,6 +518,12 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
     sg, tr, vsr, rk, rt, acc = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
     for buf in (pka, pkb, pta, ptb):
         _zero_border(buf, hh, ww, r)
+    if dbufs is not None:
+        pda, pdb, drow, ones, rd = dbufs[0], dbufs[1], dbufs[2], dbufs[3], dbufs[4]
+        _zero_border(pda, hh, ww, r)
+        _zero_border(pdb, hh, ww, r)
+        for k in range(un):
+            ones[k] = one
     raw_rows = hh
     if pool is not None:
         if pool[2] > 0:  # the pooled K and Kdot Theta + K of this plane into the interiors
@@ -536,6 +550,9 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
                 for k in range(un):
                     lacc[2 * layer, k] = zero
                     lacc[2 * layer + 1, k] = zero
+                if dbufs is not None:
+                    for k in range(un):
+                        lacc[2 * n_layers + layer, k] = zero
     # a self pair's zero plane (lane exl): rho = 1 exactly, by a Sigma that clamps to it
     exact = exl >= 0 and di == 0 and dj == 0
     huge = _cst(xe, 1e30)
@@ -549,6 +566,9 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
         zb = prm[3, layer]
         ab = act == 0 and (c2 != zero or za != zero or zb != zero)  # Sin keeps its own constants in rows 1-3
         kf = prm[4, layer]  # 0 when the next weight layer is frozen (the paper's fix: Theta^(L) without K^(L))
+        kft = kf
+        if dbufs is not None:
+            kf = zero  # the activation step writes Kdot (Theta = 1, kf = 0); Kdot Theta + kft K below
         b2 = prm[5, layer]
         tb = b2 if (layer == 0 and t0) or (layer > 0 and prm[4, layer - 1] != zero) else zero  # a trained bias
         for u in range(hh):
@@ -574,6 +594,13 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
             yo = np.uint64((((cb * n_layers + layer) * h + i0 + u + di) * w + j0 + dj) * _B)
             # Theta^(0) = Sigma^(0), or 0 when the first layer is frozen (tr stays zero)
             theta = sg if (ntk and layer == 0 and t0 and not exact) else tr
+            if dbufs is not None:
+                tin = theta
+                dsrc = tin  # D^(0) = Theta^(0)
+                if layer > 0:
+                    _box_row(pda, u, sb, q, vsr, drow, n)
+                    dsrc = drow
+                theta = ones
             if last:
                 if act == 1:
                     _erf_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
@@ -585,6 +612,9 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
                     _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, rk, rt, np.uint64(0))
+                if dbufs is not None:
+                    _fix_row(tin, dsrc, kft, rk, rt, rd, np.uint64(0), un)
+                    _add_one(lacc, 2 * n_layers + layer, rd, np.uint64(0), un)
                 if keep is not None:
                     _add_row(lacc, 2 * layer, rk, rt, np.uint64(0), un, ntk)
                 elif pool is not None and kp > 1:
@@ -605,16 +635,24 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
                     _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, pkb, ptb, po)
+                if dbufs is not None:
+                    _fix_row(tin, dsrc, kft, pkb, ptb, pdb, po, un)
+                    if keep[layer] != 0:
+                        _add_one(lacc, 2 * n_layers + layer, pdb, po, un)
                 if keep is not None:
                     if keep[layer] != 0:
                         _add_row(lacc, 2 * layer, pkb, ptb, po, un, ntk)
         pka, pkb = pkb, pka
         pta, ptb = ptb, pta
+        if dbufs is not None:
+            pda, pdb = pdb, pda
     if keep is not None:
         for layer in range(n_layers):
             if keep[layer] != 0 or layer == n_layers - 1:
                 for j in range(2 * layer, 2 * layer + 2):
                     _fold_into(lacc[j], ww, tot, j)
+                if dbufs is not None:
+                    _fold_into(lacc[2 * n_layers + layer], ww, tot, 2 * n_layers + layer)
         return
     if pool is not None and kp > 1:
         return
@@ -693,6 +731,40 @@ def _add_row(lacc, j, dk, dt, do, un, ntk):
             lacc[j + 1, k] += dt[do + k]
 
 
+@njit(fastmath=_FM, cache=True, inline="always")
+def _fix_row(tin, dsrc, kf, dk, dt, de, do, un):
+    """From Kdot at dt[do:] (an activation step run with Theta = 1, kf = 0): dt = Kdot Theta + kf K (K at
+    dk[do:], Theta the row tin) and de = Kdot D (D the row dsrc)."""
+    for k in range(un):
+        kd = dt[do + k]
+        dt[do + k] = kd * tin[k] + kf * dk[do + k]
+        de[do + k] = kd * dsrc[k]
+
+
+@njit(fastmath=_FM, cache=True, inline="always")
+def _add_one(lacc, j, src, so, un):
+    """lacc[j] += the row at src[so:]."""
+    for k in range(un):
+        lacc[j, k] += src[so + k]
+
+
+def _dscratch(fix, size, like):  # pragma: no cover - replaced by the overload inside jitted code
+    raise NotImplementedError
+
+
+@overload(_dscratch)
+def _dscratch_ol(fix, size, like):
+    """``_plane_block``'s dbufs: None when fix is None (that specialisation compiles without the fix
+    readout), else (5, size) scratch of like's dtype."""
+    if isinstance(fix, (types.NoneType, types.Omitted)):
+        return lambda fix, size, like: None
+
+    def impl(fix, size, like):
+        return np.zeros((5, size), dtype=like.dtype)
+
+    return impl
+
+
 @njit(fastmath=_FM, cache=True)
 def _fold_into(a, ww, tot, j):
     """Pairwise fold of the ww positions of row a (ww * B), then into tot[j, lane] (float64)."""
@@ -721,10 +793,11 @@ def _spread(src, a, dst):
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, ntk, act, keep, lo, hi, out):
+def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, ntk, act, keep, fix, lo, hi, out):
     """Work items lo..hi-1 (item = block * n_groups + group): out[blk, g, j, lane] = sum over the
     planes of group g of the pair (x1[ia[blk]], x2[icb[blk] * B + lane]), readout j of ``_plane_block``
-    (one readout, j = 0, when keep is None).  Releases the GIL."""
+    (one readout, j = 0, when keep is None; fix not None: also the fix readouts, ``dbufs``).  Releases
+    the GIL."""
     n_groups = gstart.shape[0] - 1
     n_c, h, w, n_layers = shape
     size = (h + q - 1) * (w + q - 1) * _B
@@ -736,6 +809,7 @@ def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, 
     tot = np.empty((n_out, _B), dtype=np.float64)
     xe = np.empty(n_c * h * w * _B, dtype=x1.dtype)
     se = np.empty(n_layers * h * w * _B, dtype=x1.dtype)
+    dbufs = _dscratch(fix, size, x1)
     current = -1
     for item in range(lo, hi):
         blk = item // n_groups
@@ -748,7 +822,7 @@ def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, 
         for k in range(gstart[g], gstart[g + 1]):
             _plane_block(
                 xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, act, keep, bufs, rows,
-                lacc, tot
+                lacc, tot, None, dbufs
             )
         for j in range(n_out):
             for lane in range(_B):
@@ -1043,10 +1117,13 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return _POOL[2]
 
 
-def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str, keep: np.ndarray | None = None) -> np.ndarray:
+def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str, keep: np.ndarray | None = None,
+                 fix: bool = False) -> np.ndarray:
     """(n_blocks, B) float64 kernel values of the pairs (x1[ia[k]], x2[icb[k] * B + lane]); numpy in and out.
     With ``keep`` (one flag per activation layer): (n_blocks, 2 L, B), the readout sums of every kept
-    layer and the last (``_plane_block``; GAP already divided by P^2, no readout bias).
+    layer and the last (``_plane_block``; GAP already divided by P^2, no readout bias); with ``fix``
+    (NTK, a trained first layer) (n_blocks, 3 L, B): rows 2 L + h the sums of Kdot D (``_plane_block``'s
+    dbufs), the first layer's share of rows 2 h + 1.
 
     Work items (block, group of planes) are cut into a few chunks per thread and run by nogil
     compiled code on a thread pool (dynamic scheduling: a slow core does not hold the others)."""
@@ -1056,6 +1133,8 @@ def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str, keep: np.n
         if keep is not None:
             raise ValueError("the numba backend computes one readout per pass of a pooled network")
         return _pooled_values(x1, s1, x2b, s2b, ia, icb, exl, c, kind)
+    if fix and (keep is None or kind != "ntk" or not c.trainable[0]):
+        raise ValueError("the fix readouts need keep, the NTK and a trained first layer")
     dis, djs = _planes(h, w, gap)
     n_threads = _threads()
     n_blocks = len(ia)
@@ -1063,14 +1142,14 @@ def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str, keep: np.n
     gstart = _groups(dis, djs, h, w, c.filter_size, want)
     n_items = n_blocks * (len(gstart) - 1)
     groups = len(gstart) - 1
-    out = np.zeros((n_blocks, groups, 1 if keep is None else 2 * c.n_act_layers, _B))
+    out = np.zeros((n_blocks, groups, 1 if keep is None else (3 if fix else 2) * c.n_act_layers, _B))
     if n_items == 0:
         return out.sum(1)[:, 0] if keep is None else out.sum(1)
     shape = (x1.shape[1], h, w, s1.shape[1])
     args = (
         x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), shape, ia, icb, exl, dis, djs, gstart,
         c.filter_size, params(c, x1.shape[1], x1.dtype), kind == "ntk", _act_code(c),
-        None if keep is None else keep.astype(np.int64),
+        None if keep is None else keep.astype(np.int64), True if fix else None,
     )
     n_chunks = min(n_items, 4 * n_threads) if n_threads > 1 else 1
     cuts = [k * n_items // n_chunks for k in range(n_chunks + 1)]
@@ -1126,12 +1205,15 @@ def tile(x1, s1, x2, s2, net: Network, shapes, kind: str, symmetric: bool, batch
 
 
 def tile_multi(x1, s1, x2, s2, net: Network, shapes, keep: np.ndarray, ntk: bool, symmetric: bool,
-               batch_size: int) -> torch.Tensor:
+               batch_size: int, fix: bool = False) -> torch.Tensor:
     """(n1, n2, 2 L) float64: for every activation layer h with keep[h] (and the last), the readout
-    sums of K^(h) and of Kdot Theta + kf K (``_plane_block``) of every pair, in one pass."""
+    sums of K^(h) and of Kdot Theta + kf K (``_plane_block``) of every pair, in one pass.  With ``fix``
+    (ntk, a trained first layer): (n1, n2, 3 L), column 2 L + h the sums of Kdot^(h) D^(h), the first
+    layer's share of column 2 h + 1 (so that column 2 h + 1 minus it is the sum with the first layer
+    frozen, the paper's "fix")."""
     c = chain(net)
     return _pairs(x1, s1, x2, s2, symmetric, batch_size,
-                  lambda *a: block_values(*a, c, "ntk" if ntk else "nngp", keep=keep))
+                  lambda *a: block_values(*a, c, "ntk" if ntk else "nngp", keep=keep, fix=fix))
 
 
 def _pairs(x1, s1, x2, s2, symmetric: bool, batch_size: int, values) -> torch.Tensor:
