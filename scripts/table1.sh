@@ -4,6 +4,7 @@
 #   CNN-GAP kernels (CNTK-GAP with and without the paper's "fix", CNN-GP-GAP) at GAP_TRAIN / GAP_TEST,
 #   depths GAP_DEPTHS, and the CNN-V kernels on the same images, also with and without fix (the paired
 #   GAP vs V comparison at equal fix); every depth and both kinds of one network, and its fix NTK, in one pass;
+#   Myrtle-5 and Myrtle-10 (CNTK, CNN-GP) at MYRTLE_TRAIN / MYRTLE_TEST as extra rows;
 # kernel regression (no ridge, and a ridge chosen by cross-validation on the training kernel), then
 # the report: table1.table.md (accuracies with 95 % intervals, cost per kernel), table1.tests.md
 # (McNemar / paired bootstrap: GAP vs V, CNTK vs CNN-GP, depth to depth), table1.paper.md (the
@@ -24,6 +25,9 @@ DATA="${1:-fashion_mnist}"; LAUNCHER="${2:-local_parallel}"; JOBS="${3:-2}"
 shift $(( $# < 3 ? $# : 3 ))
 V_TRAIN="${V_TRAIN:-4000}"; V_TEST="${V_TEST:-2000}"; V_DEPTHS="${V_DEPTHS:-3,4,6,11,21}"
 GAP_TRAIN="${GAP_TRAIN:-300}"; GAP_TEST="${GAP_TEST:-1000}"; GAP_DEPTHS="${GAP_DEPTHS:-3,6,11}"
+# Myrtle rows (Shankar et al. 2020; pooled, so each depth and kind is its own recursion): CNTK and
+# CNN-GP of Myrtle-5 and Myrtle-10; MYRTLE_DEPTHS="" leaves them out
+MYRTLE_TRAIN="${MYRTLE_TRAIN:-150}"; MYRTLE_TEST="${MYRTLE_TEST:-500}"; MYRTLE_DEPTHS="${MYRTLE_DEPTHS-5,10}"
 PY="${PYTHON:-.venv/bin/python}"
 OUT="${OUT:-multirun/table1_${DATA}_$(date +%Y-%m-%d_%H-%M-%S)}"
 JOBLIST="$(seq -s, 0 $((JOBS - 1)))"
@@ -66,5 +70,8 @@ block v - "$V_TRAIN" "$V_TEST" "$V_DEPTHS" ntk,nngp model=cnn_v
 # images; the fix stores (gap_fix, v_small_fix) come from the same gram pass as the unfixed ones
 block gap gap_fix "$GAP_TRAIN" "$GAP_TEST" "$GAP_DEPTHS" ntk,nngp model=cnn_gap
 block v_small v_small_fix "$GAP_TRAIN" "$GAP_TEST" "$GAP_DEPTHS" ntk,nngp model=cnn_v
+for d in ${MYRTLE_DEPTHS//,/ }; do
+    block "myrtle$d" - "$MYRTLE_TRAIN" "$MYRTLE_TEST" "$d" ntk,nngp model=myrtle
+done
 "$PY" -m experiments.harness.table1_report "${SOLVES[@]}" --out "$OUT/report" ${NETWORKS:+--networks "$NETWORKS"}
 cat "$OUT/report/table1.table.md" "$OUT/report/table1.tests.md"
