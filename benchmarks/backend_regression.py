@@ -32,8 +32,8 @@ WORKER = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np, torch, cntk
-readout, depth, dtype, n, backend = sys.argv[2], int(sys.argv[3]), getattr(torch, sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-ch, hw = int(sys.argv[8]), int(sys.argv[9])
+readout, depth, dtype, n = sys.argv[2], int(sys.argv[3]), getattr(torch, sys.argv[4]), int(sys.argv[5])
+backend, ch, hw = sys.argv[6], int(sys.argv[8]), int(sys.argv[9])
 torch.manual_seed(0)
 x = torch.randn(n, ch, hw, hw, dtype=dtype)
 arch = cntk.Architecture(depth=depth, readout=readout)
@@ -69,7 +69,8 @@ def main() -> int:
                 best[name] = max(best[name], r["entries"] / r["seconds"])
         a, b = np.load("/tmp/backend_regression_this.npy"), np.load("/tmp/backend_regression_other.npy")
         diff = float(np.abs(a - b).max() / np.abs(b).max())
-        print(f"| {readout} depth {depth} {dtype} {hw}x{hw}x{ch} (n = {n}) | {best['this']:,.0f} | {best['other']:,.0f} | "
+        print(f"| {readout} depth {depth} {dtype} {hw}x{hw}x{ch} (n = {n}) | {best['this']:,.0f} | "
+              f"{best['other']:,.0f} | "
               f"{best['this'] / best['other']:.3f} | {diff:.1e} |", flush=True)
     return 0
 
