@@ -262,3 +262,57 @@ def test_tile_multi_fix_columns_are_the_first_layers_share(act):
             assert _rel(got, ref) < 1e-12, (act, sym, layer)
     with pytest.raises(ValueError, match="fix readouts need"):
         fused.tile_multi(x, fused.prepare(x, net), x, fused.prepare(x, net), net, None, keep, False, True, 64, fix=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_relu_step_is_accurate(dtype):
+    """The fused row's ReLU step (``_relu_fused``: rho by the inverse stds, the float32 arc-cosine with one
+    clamp, copysign and sqrt(1 - rho^2) as one square root) against numpy on a dense grid of rho, with
+    stds that are not 1, and K = Kdot = 0 at zero variance."""
+    from numba import njit
+
+    @njit
+    def run(cov, nx, ny, ix, iy, k, kd):
+        for i in range(cov.shape[0]):
+            k[i], kd[i] = fused._relu_fused(cov[i], nx[i], ny[i], ix[i], iy[i], cov.dtype.type(1.0))
+
+    rho = np.concatenate([np.linspace(-1, 1, 20001), [-0.5, 0.5, np.nextafter(0.5, 1), -np.nextafter(0.5, 1)]])
+    nx = np.full_like(rho, 1.7)
+    ny = np.full_like(rho, 0.6)
+    nx[:3], ny[:3] = 0.0, [0.0, 1.0, 0.0]  # zero variance
+    nx[3:5], ny[3:5] = [2.0, 0.0], [0.0, 3.0]
+    cov = (rho * nx * ny).astype(dtype)
+    nx, ny = nx.astype(dtype), ny.astype(dtype)
+    ix = np.where(nx > 0, 1 / np.where(nx > 0, nx, 1), 0).astype(dtype)
+    iy = np.where(ny > 0, 1 / np.where(ny > 0, ny, 1), 0).astype(dtype)
+    k, kd = np.empty_like(cov), np.empty_like(cov)
+    run(cov, nx, ny, ix, iy, k, kd)
+    if dtype == np.float32:  # the kernel's own rho (two float32 multiplies), so that only the arc-cosine is tested
+        r = np.clip(((cov * ix) * iy).astype(np.float64), -1, 1)
+    else:
+        r = np.clip(cov / np.where(nx * ny > 0, nx * ny, 1), -1, 1)
+    norm = nx.astype(np.float64) * ny
+    pt = np.arccos(-r)
+    want_k = norm * (np.sqrt((1 - r) * (1 + r)) + pt * r)
+    want_kd = np.where(norm > 0, pt, 0.0)
+    eps = np.finfo(dtype).eps
+    assert np.all(k[:5] == 0) and np.all(kd[:5] == 0)
+    assert np.max(np.abs(k - want_k) / norm.max()) < 16 * eps
+    assert np.max(np.abs(kd - want_kd) / np.maximum(want_kd, 1e-300)) < 16 * eps
+
+
+@pytest.mark.parametrize("readout", ["gap", "flatten"])
+def test_fused_float32_within_1e5_of_float64_every_entry(readout):
+    """The fused float32 path against float64 on larger images with exact zeros (MNIST-like: ReLU of a
+    Gaussian), more images than lanes (self pairs in several lane positions): every entry, the
+    diagonal included, within 1e-5 relative, NTK and NNGP, shallow and deep."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.relu(torch.randn(10, 1, 12, 12, generator=g, dtype=torch.float64))
+    for depth in (3, 11):
+        arch = cntk.Architecture(depth=depth, readout=readout)
+        for kind in cntk.KINDS:
+            k64 = cntk.kernel(x, None, arch, kind, backend="numba")
+            k32 = cntk.kernel(x.float(), None, arch, kind, backend="numba").double()
+            rel = ((k32 - k64).abs() / k64.abs()).max().item()
+            diag = ((k32 - k64).diagonal().abs() / k64.diagonal().abs()).max().item()
+            assert rel < 1e-5 and diag < 1e-5, (depth, kind, rel, diag)

@@ -25,8 +25,11 @@ row, outside the loops) writes the next planes; the last layer is summed row by 
 
 Arithmetic.  pi - arccos(rho) and sqrt(1 - rho^2) are polynomials (Chebyshev fits, about 1 ulp:
 asin of degree 4 in float32 and 11 in float64, sqrt(1 - z) of degree 12 in float64) around one
-hardware square root; e^x and e^x - 1 (x <= 0, Sin) are Taylor polynomials after the usual
-reduction x = n ln 2 + r, with 2^n built from the bits (``_exp_red``, about 1 ulp); no libm call is
+hardware square root; the float32 ReLU row with 3 x 3 filters (the paper's family) is leaner
+(``_relu_fused``: rho by multiplies with inverse std maps, asin of degree 3, two hardware square
+roots) and fused with the box sums' horizontal half (``_relu_box_row``; benchmarks/README.md, "The
+fused ReLU row").  e^x and e^x - 1 (x <= 0, Sin) are Taylor polynomials after the usual reduction
+x = n ln 2 + r, with 2^n built from the bits (``_exp_red``, about 1 ulp); no libm call is
 left in a row loop, so every row step vectorises.  Divisions and square roots are IEEE (fast-math
 only contracts FMAs).  Every constant is cast to the input dtype, so float32 is computed in float32
 throughout; the per-pair totals are accumulated in float64.
@@ -92,6 +95,7 @@ _FM = {"nsz", "contract"}
 # asin(s) = s + s z P(z), z = s^2 in [0, 1/4]: Chebyshev fits (mpmath, 50 digits) of
 # P(z) = (asin(sqrt z) - sqrt z) / z^1.5; relative error of asin 1.7e-8 (deg 4), 5.6e-17 (deg 11).
 _P32 = (0.16666672414795305, 0.07498855072600821, 0.04500138006991017, 0.026554542206161328, 0.038085023561092654)
+_P32_3 = (0.1666557814412795, 0.07540588093610517, 0.04003060370373795, 0.04996285153290453)
 _P64 = (
     0.1666666666666665, 0.07500000000020764, 0.044642857103423646, 0.03038194736709848,
     0.02237204763174451, 0.017355259955786323, 0.013929652902326633, 0.011875494382636922,
@@ -286,16 +290,42 @@ def _arc(rho):
     return pt, sn
 
 
+def _rho(cov, norm, pos, ix, iy):  # pragma: no cover
+    raise NotImplementedError
+
+
+@overload(_rho)
+def _rho_ol(cov, norm, pos, ix, iy):
+    """cov / (nx ny) before clamping.  float32: (cov / nx) / ny as (cov ix) iy with the inverse stds
+    ix, iy (0 for a zero std: then rho = 0), two multiplies instead of a division (the divider, which
+    also takes the square roots, is as busy as the multiply pipes); |cov ix| <= ny by Cauchy-Schwarz,
+    so no overflow but a self pair's +huge (to +inf, clamped to 1; its ix = iy > 0).  float64: the
+    IEEE division, exact to the other backends' rounding where arccos is ill-conditioned (ix, iy
+    unused, their loads eliminated)."""
+    if cov == types.float32:
+        def impl32(cov, norm, pos, ix, iy):
+            return (cov * ix) * iy
+
+        return impl32
+    one = np.float64(1.0)
+
+    def impl64(cov, norm, pos, ix, iy):
+        return cov / (norm if pos else one)
+
+    return impl64
+
+
 @njit(fastmath=_FM, cache=True, inline="always")
-def _relu(cov, nx, ny, c):
-    """(K, Kdot) of ``arccos.relu_step`` for one entry; c = scale / (2 pi).  Where nx * ny = 0,
-    rho = clamp(cov) is finite, so K = 0 without a select; Kdot = 0 by one.  Self pairs (rho = 1
-    exactly) are handled by the caller, which passes cov = +huge there (clamped to rho = 1)."""
+def _relu(cov, nx, ny, ix, iy, c):
+    """(K, Kdot) of ``arccos.relu_step`` for one entry; c = scale / (2 pi), ix, iy = 1 / nx, 1 / ny (0
+    where 0; ``_rho``).  Where nx * ny = 0, rho = clamp(cov) or 0 is finite, so K = 0 without a select;
+    Kdot = 0 by one.  Self pairs (rho = 1 exactly) are handled by the caller, which passes cov = +huge
+    there (clamped to rho = 1)."""
     zero = _cst(cov, 0.0)
     one = _cst(cov, 1.0)
     norm = nx * ny
     pos = norm > zero
-    rho = cov / (norm if pos else one)
+    rho = _rho(cov, norm, pos, ix, iy)
     rho = min(max(rho, -one), one)
     pt, sn = _arc(rho)
     kd = pt * c if pos else zero
@@ -303,7 +333,7 @@ def _relu(cov, nx, ny, c):
     return k, kd
 
 
-@njit(fastmath=_FM, cache=True)
+@njit(fastmath=_FM, cache=True, inline="always")
 def _box_row(src, u, sb, q, vsr, dst, n):
     """Row u of the q x q box sum of src (block layout, rows of stride sb, zero border of q // 2
     around the interior): dst[k] for k < n = ww * B, interior columns only.  vsr: one-row scratch."""
@@ -333,16 +363,92 @@ def _box_row(src, u, sb, q, vsr, dst, n):
             dst[k] += vsr[k + off]
 
 
-@njit(fastmath=_FM, cache=True)
-def _relu_row(sg, tr, se, xo, s2b, yo, n, c, kf, dk, dt, do):
+@njit(fastmath=_FM, cache=True, inline="always")
+def _relu_row(sg, tr, se, ie, xo, s2b, i2b, yo, n, c, kf, dk, dt, do):
     """One row of the ReLU step for the B lanes: K into dk[do + k] and Kdot * Theta + kf * K into
     dt[do + k], k < n.  sg, tr: the row of Sigma and Theta; se[xo + k], s2b[yo + k]: the stds of x
-    and y.  One loop for every case (nngp just ignores dt): each extra copy of this loop costs
-    seconds of compilation."""
+    and y, ie, i2b their inverses.  One loop for every case (nngp just ignores dt): each extra copy
+    of this loop costs seconds of compilation.  Inlined into the plane loop: a call passes every array
+    as seven words on the stack, which cost as much as the arithmetic of a short row."""
     for k in range(np.uint64(n)):
-        kk, kd = _relu(sg[k], se[xo + k], s2b[yo + k], c)
+        kk, kd = _relu(sg[k], se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k], c)
         dk[do + k] = kk
         dt[do + k] = kd * tr[k] + kf * kk
+
+
+def _relu_fused(cov, nx, ny, ix, iy, c):  # pragma: no cover
+    raise NotImplementedError
+
+
+@overload(_relu_fused)
+def _relu_fused_ol(cov, nx, ny, ix, iy, c):
+    """(K, Kdot) of ``_relu`` for the fused row (``_relu_box_row``: no self pair's +huge there, so
+    |rho| exceeds 1 by rounding only).  float64: ``_relu`` itself.  float32: the same mathematics with
+    fewer operations for the multiply pipes, which bound the row (the divider has room for two square
+    roots): rho by multiplies (``_rho``), one clamp (|rho| <= 1) and the sign restored by copysign;
+    pi - arccos(rho) = base + coef asin(s) with s = rho, coef = 1, base = pi / 2 for |rho| <= 1/2 (asin is
+    odd: no sign select) and s = sqrt((1 - |rho|) / 2), coef = -2 sign(rho), base = pi or 0 above;
+    sqrt(1 - rho^2) as the hardware square root of the FMA 1 - rho rho (one rounding: accurate also
+    near |rho| = 1), instead of two selects and a product around sqrt(1 - z)."""
+    if cov != types.float32:
+        def impl64(cov, nx, ny, ix, iy, c):
+            return _relu(cov, nx, ny, ix, iy, c)
+
+        return impl64
+    zero, half, one, two = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(2.0)
+    hpi = np.float32(0.5 * math.pi)
+    e0, e1, e2, e3 = (np.float32(v) for v in _P32_3)
+
+    def impl32(cov, nx, ny, ix, iy, c):
+        norm = nx * ny
+        r = (cov * ix) * iy
+        a = min(abs(r), one)
+        rho = math.copysign(a, r)
+        big = a > half
+        z = (half - half * a) if big else a * a
+        s = math.sqrt(z) if big else rho
+        p = s + (s * z) * (e0 + z * (e1 + z * (e2 + z * e3)))  # asin(s), degree 3: 8.9e-8 relative
+        coef = math.copysign(two, -rho) if big else one
+        base = (hpi + math.copysign(hpi, rho)) if big else hpi
+        pt = coef * p + base
+        sn = math.sqrt(one - rho * rho)
+        k = (norm * (pt * rho + sn)) * c
+        kd = pt * c if norm > zero else zero
+        return k, kd
+
+    return impl32
+
+
+@njit(fastmath=_FM, cache=True, inline="always")
+def _vsum3(src, u, sb, dst, scl, one):
+    """dst[k] = scl (src[u][k] + src[u + 1][k] + src[u + 2][k]) for the sb values of a block-layout row
+    (row stride sb): the vertical half of a 3 x 3 box sum (``_relu_box_row`` does the horizontal one)."""
+    usb = np.uint64(sb)
+    b0 = np.uint64(u * sb)
+    b1 = b0 + usb
+    b2 = b1 + usb
+    if scl == one:
+        for k in range(usb):
+            dst[k] = src[b0 + k] + src[b1 + k] + src[b2 + k]
+    else:
+        for k in range(usb):
+            dst[k] = (src[b0 + k] + src[b1 + k] + src[b2 + k]) * scl
+
+
+@njit(fastmath=_FM, cache=True, inline="always")
+def _relu_box_row(vs, vt, sb2, tb2, se, ie, xo, s2b, i2b, yo, n, c, dk, dt, do):
+    """``_relu_row`` (with kf = 1) fused with the horizontal half of the 3 x 3 box sums: Sigma = vs[k] +
+    vs[k + B] + vs[k + 2 B] + sb2 and Theta = the same of vt plus tb2, from the vertical sums vs, vt
+    (``_vsum3``); the step is ``_relu_fused``.  The additions go to the adder pipes while the arc-cosine
+    keeps the multipliers busy, and Sigma and Theta never make a round trip through memory."""
+    ub = np.uint64(_B)
+    ub2 = ub + ub
+    for k in range(np.uint64(n)):
+        cov = (vs[k] + vs[k + ub] + vs[k + ub2]) + sb2
+        th = (vt[k] + vt[k + ub] + vt[k + ub2]) + tb2
+        kk, kd = _relu_fused(cov, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k], c)
+        dk[do + k] = kk
+        dt[do + k] = kd * th + kk
 
 
 @njit(fastmath=_FM, cache=True)
@@ -465,8 +571,8 @@ def _zero_border(buf, hh, ww, r):
 
 
 @njit(fastmath=_FM, cache=True)
-def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, keep, bufs, rows, lacc, tot, pool=None,
-                 dbufs=None):
+def _plane_block(xe, se, ie, x2b, s2b, i2b, shape, cb, di, dj, exl, q, prm, ntk, act, keep, bufs, rows, lacc, tot,
+                 pool=None, dbufs=None):
     """Add to tot[0, lane] the sum over the plane of offset (di, dj) of the last layer's Theta (ntk) or
     Sigma (nngp) of the pair (x1[a], x2[cb * B + lane]), for the B lanes of block cb at once.
     Several readouts in one pass (keep an array, tot of 2 L rows): for every layer h with keep[h] and
@@ -476,7 +582,8 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
 
     xe (C, H, W, B), se (L, H, W, B): x1[a] and its std maps, each value repeated B times (flat);
     x2b (NB, C, H, W, B), s2b (NB, L, H, W, B): lane-interleaved blocks of x2 and its std maps
-    (flat); shape = (C, H, W, L); exl: the lane whose image is x1[a] itself, or -1.
+    (flat); ie, i2b: the inverse std maps (0 where the std is 0; the ReLU step's rho, ``_rho``), laid
+    out as se, s2b; shape = (C, H, W, L); exl: the lane whose image is x1[a] itself, or -1.
     prm (7, L + 1) per layer: the ReLU-part constant s (b - a)^2 / (2 pi), the ABReLU constants c2,
     za, zb (0 for ReLU), whether the next weight layer is trained, the bias variance of weight layer
     ``layer``, and (column 0 of row 6) the first layer's scale and (row 6, column 1) whether it is trained.
@@ -571,36 +678,51 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
             kf = zero  # the activation step writes Kdot (Theta = 1, kf = 0); Kdot Theta + kft K below
         b2 = prm[5, layer]
         tb = b2 if (layer == 0 and t0) or (layer > 0 and prm[4, layer - 1] != zero) else zero  # a trained bias
+        # ReLU with 3 x 3 filters (the paper's family): the box sums' horizontal half fused into the ReLU
+        # step (``_relu_box_row``), sg and tr holding the vertical sums; a self pair's zero plane, ABReLU,
+        # a frozen first layer's Theta^(0) = 0, a frozen next layer (kf = 0) and other filter sizes take
+        # the general path below.
+        fuse = (act == 0 and not ab and not exact and q == 3 and not (ntk and layer == 0 and not t0)
+                and (kf == one or not ntk))
+        sfirst = s0 if layer == 0 else one
+        tfirst = b2 if layer == 0 else tb  # Theta^(0) = Sigma^(0): vt = vs, the same bias
+        vt = tr if ntk and layer > 0 else sg  # (array choices out of the row loop: each costs an atomic incref)
+        # Theta^(0) = Sigma^(0), or 0 when the first layer is frozen (tr stays zero)
+        theta = sg if (ntk and layer == 0 and t0 and not exact) else tr
+        if dbufs is not None:  # the activation step sees Theta = 1 (it writes Kdot); tin: the true Theta
+            tin = theta
+            theta = ones
         for u in range(hh):
-            _box_row(pka, u, sb, q, vsr, sg, n)
-            if layer == 0 and s0 != one:
-                for k in range(un):
-                    sg[k] *= s0
-            if b2 != zero:
-                for k in range(un):
-                    sg[k] += b2
-            if exact:
-                if ntk and layer == 0 and t0:  # Theta^(0) = Sigma^(0): keep the true values
+            if fuse:
+                _vsum3(pka, u, sb, sg, sfirst, one)
+                if ntk and layer > 0:
+                    _vsum3(pta, u, sb, tr, one, one)
+            else:
+                _box_row(pka, u, sb, q, vsr, sg, n)
+                if layer == 0 and s0 != one:
                     for k in range(un):
-                        tr[k] = sg[k]
-                for v in range(ww):
-                    sg[v * _B + exl] = huge
-            if ntk and layer > 0:
-                _box_row(pta, u, sb, q, vsr, tr, n)
-                if tb != zero:
+                        sg[k] *= s0
+                if b2 != zero:
                     for k in range(un):
-                        tr[k] += tb
+                        sg[k] += b2
+                if exact:
+                    if ntk and layer == 0 and t0:  # Theta^(0) = Sigma^(0): keep the true values
+                        for k in range(un):
+                            tr[k] = sg[k]
+                    for v in range(ww):
+                        sg[v * _B + exl] = huge
+                if ntk and layer > 0:
+                    _box_row(pta, u, sb, q, vsr, tr, n)
+                    if tb != zero:
+                        for k in range(un):
+                            tr[k] += tb
             xo = np.uint64(((layer * h + i0 + u) * w + j0) * _B)
             yo = np.uint64((((cb * n_layers + layer) * h + i0 + u + di) * w + j0 + dj) * _B)
-            # Theta^(0) = Sigma^(0), or 0 when the first layer is frozen (tr stays zero)
-            theta = sg if (ntk and layer == 0 and t0 and not exact) else tr
             if dbufs is not None:
-                tin = theta
                 dsrc = tin  # D^(0) = Theta^(0)
                 if layer > 0:
                     _box_row(pda, u, sb, q, vsr, drow, n)
                     dsrc = drow
-                theta = ones
             if last:
                 if act == 1:
                     _erf_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
@@ -608,8 +730,11 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
                     _gelu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
                 elif act == 3:
                     _sin_row(sg, theta, se, xo, s2b, yo, n, c, c2, za, zb, kf, rk, rt, np.uint64(0))
+                elif fuse:
+                    _relu_box_row(sg, vt, b2, tfirst, se, ie, xo, s2b, i2b, yo, n, c, rk, rt,
+                                  np.uint64(0))
                 else:
-                    _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, rk, rt, np.uint64(0))
+                    _relu_row(sg, theta, se, ie, xo, s2b, i2b, yo, n, c, kf, rk, rt, np.uint64(0))
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, rk, rt, np.uint64(0))
                 if dbufs is not None:
@@ -631,8 +756,11 @@ def _plane_block(xe, se, x2b, s2b, shape, cb, di, dj, exl, q, prm, ntk, act, kee
                     _gelu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
                 elif act == 3:
                     _sin_row(sg, theta, se, xo, s2b, yo, n, c, c2, za, zb, kf, pkb, ptb, po)
+                elif fuse:
+                    _relu_box_row(sg, vt, b2, tfirst, se, ie, xo, s2b, i2b, yo, n, c, pkb, ptb,
+                                  po)
                 else:
-                    _relu_row(sg, theta, se, xo, s2b, yo, n, c, kf, pkb, ptb, po)
+                    _relu_row(sg, theta, se, ie, xo, s2b, i2b, yo, n, c, kf, pkb, ptb, po)
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, pkb, ptb, po)
                 if dbufs is not None:
@@ -792,12 +920,21 @@ def _spread(src, a, dst):
             dst[k * ub + lane] = val
 
 
+@njit(fastmath=_FM, cache=True)
+def _inverse(s, inv):
+    """inv[k] = 1 / s[k], 0 where s[k] = 0 (stds are >= 0): the float32 ReLU step's rho (``_rho``)."""
+    zero = _cst(s, 0.0)
+    one = _cst(s, 1.0)
+    for k in range(s.shape[0]):
+        inv[k] = one / s[k] if s[k] > zero else zero
+
+
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, ntk, act, keep, fix, lo, hi, out):
+def _run_items(x1, s1, x2b, s2b, i2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, ntk, act, keep, fix, lo, hi, out):
     """Work items lo..hi-1 (item = block * n_groups + group): out[blk, g, j, lane] = sum over the
     planes of group g of the pair (x1[ia[blk]], x2[icb[blk] * B + lane]), readout j of ``_plane_block``
-    (one readout, j = 0, when keep is None; fix not None: also the fix readouts, ``dbufs``).  Releases
-    the GIL."""
+    (one readout, j = 0, when keep is None; fix not None: also the fix readouts, ``dbufs``); i2b: the
+    inverse of s2b (``_inverse``).  Releases the GIL."""
     n_groups = gstart.shape[0] - 1
     n_c, h, w, n_layers = shape
     size = (h + q - 1) * (w + q - 1) * _B
@@ -810,6 +947,7 @@ def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, 
     xe = np.empty(n_c * h * w * _B, dtype=x1.dtype)
     se = np.empty(n_layers * h * w * _B, dtype=x1.dtype)
     dbufs = _dscratch(fix, size, x1)
+    ie = np.empty_like(se)
     current = -1
     for item in range(lo, hi):
         blk = item // n_groups
@@ -818,11 +956,12 @@ def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, 
             current = ia[blk]
             _spread(x1, current, xe)
             _spread(s1, current, se)
+            _inverse(se, ie)
         tot[:] = 0.0
         for k in range(gstart[g], gstart[g + 1]):
             _plane_block(
-                xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, act, keep, bufs, rows,
-                lacc, tot, None, dbufs
+                xe, se, ie, x2b, s2b, i2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, act, keep, bufs,
+                rows, lacc, tot, None, dbufs
             )
         for j in range(n_out):
             for lane in range(_B):
@@ -830,12 +969,12 @@ def _run_items(x1, s1, x2b, s2b, shape, ia, icb, exl, dis, djs, gstart, q, prm, 
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _run_pooled(x1, s1, x2b, s2b, shape, ia, icb, exl, sinfo, dis, djs, pstart, q, prm, ntk, act, lo, hi, out):
+def _run_pooled(x1, s1, x2b, s2b, i2b, shape, ia, icb, exl, sinfo, dis, djs, pstart, q, prm, ntk, act, lo, hi, out):
     """Pooled chains: work items lo..hi-1, one block of B pairs each (out[blk, 0, 0, lane]), run stage
     by stage.  sinfo (S, 9) per stage: hs, ws, first and end activation layer, window mh, mw, the pool
     size after it (1: the last stage), the offset and length in a per-thread buffer of its input planes
     (the pooled K and Kdot Theta + K, ``_scatter_row``; length 0 for stage 0); its planes are
-    dis / djs[pstart[s] : pstart[s + 1]].  Releases the GIL."""
+    dis / djs[pstart[s] : pstart[s + 1]]; i2b: the inverse of s2b (``_inverse``).  Releases the GIL."""
     n_c, h, w, n_layers = shape
     n_st = sinfo.shape[0]
     size = (h + q - 1) * (w + q - 1) * _B
@@ -846,6 +985,7 @@ def _run_pooled(x1, s1, x2b, s2b, shape, ia, icb, exl, sinfo, dis, djs, pstart, 
     tot = np.empty((1, _B), dtype=np.float64)
     xe = np.empty(n_c * h * w * _B, dtype=x1.dtype)
     se = np.empty(n_layers * h * w * _B, dtype=x1.dtype)
+    ie = np.empty_like(se)
     pbuf = np.empty(sinfo[n_st - 1, 7] + sinfo[n_st - 1, 8], dtype=x1.dtype)
     zero = _cst(x1, 0.0)
     current = -1
@@ -854,6 +994,7 @@ def _run_pooled(x1, s1, x2b, s2b, shape, ia, icb, exl, sinfo, dis, djs, pstart, 
             current = ia[blk]
             _spread(x1, current, xe)
             _spread(s1, current, se)
+            _inverse(se, ie)
         tot[:] = 0.0
         for st in range(n_st):
             src = pbuf[sinfo[st, 7] : sinfo[st, 7] + sinfo[st, 8]]
@@ -866,8 +1007,8 @@ def _run_pooled(x1, s1, x2b, s2b, shape, ia, icb, exl, sinfo, dis, djs, pstart, 
             pool = (sinfo[st, 0], sinfo[st, 1], sinfo[st, 2], sinfo[st, 3], sinfo[st, 4], sinfo[st, 5], src, dst,
                     sinfo[st, 6], sinfo[nxt, 4], sinfo[nxt, 5])
             for k in range(pstart[st], pstart[st + 1]):
-                _plane_block(xe, se, x2b, s2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, act, None, bufs,
-                             rows, lacc, tot, pool)
+                _plane_block(xe, se, ie, x2b, s2b, i2b, shape, icb[blk], dis[k], djs[k], exl[blk], q, prm, ntk, act,
+                             None, bufs, rows, lacc, tot, pool)
         for lane in range(_B):
             out[blk, 0, 0, lane] = tot[0, lane]
 
@@ -1147,8 +1288,8 @@ def block_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str, keep: np.n
         return out.sum(1)[:, 0] if keep is None else out.sum(1)
     shape = (x1.shape[1], h, w, s1.shape[1])
     args = (
-        x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), shape, ia, icb, exl, dis, djs, gstart,
-        c.filter_size, params(c, x1.shape[1], x1.dtype), kind == "ntk", _act_code(c),
+        x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), _inverse_of(s2b), shape, ia, icb, exl,
+        dis, djs, gstart, c.filter_size, params(c, x1.shape[1], x1.dtype), kind == "ntk", _act_code(c),
         None if keep is None else keep.astype(np.int64), True if fix else None,
     )
     n_chunks = min(n_items, 4 * n_threads) if n_threads > 1 else 1
@@ -1175,8 +1316,9 @@ def _pooled_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str) -> np.nd
     n_blocks = len(ia)
     out = np.zeros((n_blocks, 1, 1, _B))
     n_threads = _threads()
-    args = (x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), (x1.shape[1], h, w, s1.shape[1]), ia, icb,
-            exl, sinfo, dis, djs, pstart, c.filter_size, params(c, x1.shape[1], x1.dtype), kind == "ntk", _act_code(c))
+    args = (x1.reshape(-1), s1.reshape(-1), x2b.reshape(-1), s2b.reshape(-1), _inverse_of(s2b),
+            (x1.shape[1], h, w, s1.shape[1]), ia, icb, exl, sinfo, dis, djs, pstart, c.filter_size,
+            params(c, x1.shape[1], x1.dtype), kind == "ntk", _act_code(c))
     n_chunks = max(1, min(n_blocks, 4 * n_threads)) if n_threads > 1 else 1
     cuts = [k * n_blocks // n_chunks for k in range(n_chunks + 1)]
     if n_chunks == 1:
@@ -1189,6 +1331,13 @@ def _pooled_values(x1, s1, x2b, s2b, ia, icb, exl, c: Chain, kind: str) -> np.nd
     vals = vals / float(hf * wf) ** 2 if c.readout == "gap" else vals
     bias = c.b2[-1]
     return vals + bias if bias and (kind == "nngp" or c.trainable[-1]) else vals
+
+
+def _inverse_of(s: np.ndarray) -> np.ndarray:
+    """1 / s flat, 0 where s = 0 (``_inverse``)."""
+    inv = np.empty(s.size, dtype=s.dtype)
+    _inverse(s.reshape(-1), inv)
+    return inv
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
