@@ -451,6 +451,22 @@ def _relu_box_row(vs, vt, sb2, tb2, se, ie, xo, s2b, i2b, yo, n, c, dk, dt, do):
         dt[do + k] = kd * th + kk
 
 
+@njit(fastmath=_FM, cache=True, inline="always")
+def _relu_box_fix_row(vs, vt, vd, sb2, tb2, db2, kf, se, ie, xo, s2b, i2b, yo, n, c, dk, dt, dd, do):
+    """``_relu_box_row`` with the one-pass fix readout (``_plane_block``'s dbufs): also D's vertical sums
+    vd (plus db2) through the same Kdot, dd = Kdot D, and dt = Kdot Theta + kf K."""
+    ub = np.uint64(_B)
+    ub2 = ub + ub
+    for k in range(np.uint64(n)):
+        cov = (vs[k] + vs[k + ub] + vs[k + ub2]) + sb2
+        th = (vt[k] + vt[k + ub] + vt[k + ub2]) + tb2
+        dv = (vd[k] + vd[k + ub] + vd[k + ub2]) + db2
+        kk, kd = _relu_fused(cov, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k], c)
+        dk[do + k] = kk
+        dt[do + k] = kd * th + kf * kk
+        dd[do + k] = kd * dv
+
+
 @njit(fastmath=_FM, cache=True)
 def _abrelu_row(sg, tr, se, xo, s2b, yo, n, c2, za, zb, kf, dk, dt, do):
     """The a b terms of ABReLU added to a row that ``_relu_row`` wrote with (b - a)^2 scales:
@@ -689,14 +705,20 @@ def _plane_block(xe, se, ie, x2b, s2b, i2b, shape, cb, di, dj, exl, q, prm, ntk,
         vt = tr if ntk and layer > 0 else sg  # (array choices out of the row loop: each costs an atomic incref)
         # Theta^(0) = Sigma^(0), or 0 when the first layer is frozen (tr stays zero)
         theta = sg if (ntk and layer == 0 and t0 and not exact) else tr
+        ffix = False  # the fused row with the fix readout (``_relu_box_fix_row``): D's vertical sums in drow
         if dbufs is not None:  # the activation step sees Theta = 1 (it writes Kdot); tin: the true Theta
             tin = theta
             theta = ones
+            ffix = act == 0 and not ab and not exact and q == 3 and t0
+            vd = sg if layer == 0 else drow  # D^(0) = Theta^(0) = Sigma^(0), its bias; no bias after
+            dfirst = b2 if layer == 0 else zero
         for u in range(hh):
-            if fuse:
+            if fuse or ffix:
                 _vsum3(pka, u, sb, sg, sfirst, one)
                 if ntk and layer > 0:
                     _vsum3(pta, u, sb, tr, one, one)
+                if ffix and layer > 0:
+                    _vsum3(pda, u, sb, drow, one, one)
             else:
                 _box_row(pka, u, sb, q, vsr, sg, n)
                 if layer == 0 and s0 != one:
@@ -718,7 +740,7 @@ def _plane_block(xe, se, ie, x2b, s2b, i2b, shape, cb, di, dj, exl, q, prm, ntk,
                             tr[k] += tb
             xo = np.uint64(((layer * h + i0 + u) * w + j0) * _B)
             yo = np.uint64((((cb * n_layers + layer) * h + i0 + u + di) * w + j0 + dj) * _B)
-            if dbufs is not None:
+            if dbufs is not None and not ffix:
                 dsrc = tin  # D^(0) = Theta^(0)
                 if layer > 0:
                     _box_row(pda, u, sb, q, vsr, drow, n)
@@ -733,12 +755,16 @@ def _plane_block(xe, se, ie, x2b, s2b, i2b, shape, cb, di, dj, exl, q, prm, ntk,
                 elif fuse:
                     _relu_box_row(sg, vt, b2, tfirst, se, ie, xo, s2b, i2b, yo, n, c, rk, rt,
                                   np.uint64(0))
+                elif ffix:
+                    _relu_box_fix_row(sg, vt, vd, b2, tfirst, dfirst, kft, se, ie, xo, s2b, i2b, yo, n, c, rk, rt, rd,
+                                      np.uint64(0))
                 else:
                     _relu_row(sg, theta, se, ie, xo, s2b, i2b, yo, n, c, kf, rk, rt, np.uint64(0))
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, rk, rt, np.uint64(0))
                 if dbufs is not None:
-                    _fix_row(tin, dsrc, kft, rk, rt, rd, np.uint64(0), un)
+                    if not ffix:
+                        _fix_row(tin, dsrc, kft, rk, rt, rd, np.uint64(0), un)
                     _add_one(lacc, 2 * n_layers + layer, rd, np.uint64(0), un)
                 if keep is not None:
                     _add_row(lacc, 2 * layer, rk, rt, np.uint64(0), un, ntk)
@@ -759,12 +785,16 @@ def _plane_block(xe, se, ie, x2b, s2b, i2b, shape, cb, di, dj, exl, q, prm, ntk,
                 elif fuse:
                     _relu_box_row(sg, vt, b2, tfirst, se, ie, xo, s2b, i2b, yo, n, c, pkb, ptb,
                                   po)
+                elif ffix:
+                    _relu_box_fix_row(sg, vt, vd, b2, tfirst, dfirst, kft, se, ie, xo, s2b, i2b, yo, n, c, pkb, ptb, pdb,
+                                      po)
                 else:
                     _relu_row(sg, theta, se, ie, xo, s2b, i2b, yo, n, c, kf, pkb, ptb, po)
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, pkb, ptb, po)
                 if dbufs is not None:
-                    _fix_row(tin, dsrc, kft, pkb, ptb, pdb, po, un)
+                    if not ffix:
+                        _fix_row(tin, dsrc, kft, pkb, ptb, pdb, po, un)
                     if keep[layer] != 0:
                         _add_one(lacc, 2 * n_layers + layer, pdb, po, un)
                 if keep is not None:
