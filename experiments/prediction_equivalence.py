@@ -40,7 +40,6 @@ Targets: +1 for the first half of the classes, -1 otherwise.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,7 +51,6 @@ import torch
 
 import cntk
 import finite_nets
-from finite_nets.flow import train_flow
 
 from experiments.harness import sweep
 from experiments.harness.common import (
@@ -65,6 +63,14 @@ from experiments.harness.common import (
 )
 from experiments.harness.config import Config as RunConfig, GridExperiment, Needs, check
 from experiments.harness.data import Dataset
+from experiments.harness.trained_split import (  # noqa: F401 (flow_error: kept importable from here)
+    FlowKeys,
+    flow_error,
+    initial_ntk,
+    linearised_limit,
+    rms as _rms,
+    train_checked,
+)
 
 ROUTES = ("centred", "small_kappa")
 
@@ -75,7 +81,7 @@ def kappas(value: Any) -> list[float]:
 
 
 @dataclass
-class Config(GridExperiment):
+class Config(FlowKeys, GridExperiment):
     NAME: ClassVar[str] = "prediction_equivalence"
     DEPENDS: ClassVar[dict[str, Needs]] = {
         "small_kappa": Needs("routes", idle=("centred",), use="small_kappa", why="only the small_kappa route reads it"),
@@ -85,10 +91,7 @@ class Config(GridExperiment):
     # kappa of the small_kappa route: one number, or a list (a sweep inside the run: laziness needs kappa sqrt(m) >> 1)
     small_kappa: Any = field(default_factory=lambda: [0.01, 0.1])
     lazy_threshold: float = 2.0  # a row is lazy when kappa sqrt(m) >= this (the m^-1 fits use lazy rows only)
-    loss_tol: float = 1e-6  # train until loss <= loss_tol * initial loss
-    rtol: float = 1e-2  # the gradient-flow integrator's accepted relative defect per step (first try)
-    flow_error_bound: float = 0.25  # the integrator's error estimate / rel_net_lin must be <= this (else rtol / 10, once)
-    max_steps: int = 400  # integrator steps at most (a run that stops early is reported as not converged)
+    # loss_tol, rtol, flow_error_bound, max_steps: FlowKeys (experiments/harness/trained_split.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,42 +102,12 @@ class Config(GridExperiment):
               "experiment.small_kappa", f"must be a number in (0, 1] or a list of them, got {self.small_kappa}")
         check(len(set(ks)) == len(ks), "experiment.small_kappa", f"repeats a value: {self.small_kappa}")
         check(self.lazy_threshold > 0, "experiment.lazy_threshold", f"must be > 0, got {self.lazy_threshold}")
-        check(0 < self.loss_tol < 1, "experiment.loss_tol", f"must be in (0, 1), got {self.loss_tol}")
-        check(0 < self.rtol < 1, "experiment.rtol", f"must be in (0, 1), got {self.rtol}")
-        check(self.flow_error_bound > 0, "experiment.flow_error_bound", f"must be > 0, got {self.flow_error_bound}")
-        check(self.max_steps >= 1, "experiment.max_steps", f"must be >= 1, got {self.max_steps}")
+        self.check_flow()
 
 
 def _weights(net: torch.nn.Module) -> int:
     """Trainable parameters of the finite net (one output), counted on the net itself."""
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
-
-
-def initial_ntk(net: torch.nn.Module, x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The empirical NTK of ``net`` (as it is: call before training) in float64: Theta0(X, X) (N, N)
-    and Theta0(x, X) (M, N)."""
-    net64 = net if next(net.parameters()).dtype == torch.float64 else copy.deepcopy(net).double()
-    xtr, xte = x_train.double(), x_test.double()
-    return (finite_nets.empirical_ntk(net64, xtr).double().cpu(),
-            finite_nets.empirical_ntk(net64, xte, xtr).double().cpu())
-
-
-def linearised_limit(theta_train: torch.Tensor, theta_test_train: torch.Tensor, y: torch.Tensor,
-                     f0_train: torch.Tensor | None = None, f0_test: torch.Tensor | None = None) -> torch.Tensor:
-    """lin(Theta): the net linearised with tangent kernel Theta, trained to t = infinity:
-    f0(x) + Theta(x, X) Theta(X, X)^-1 (Y - f0(X)) (f0 = 0: centred).  With the exact kernel and
-    f0 = 0 it is f_KR; with the net's own Theta0 and f0 it is lin(Theta0)."""
-    return finite_nets.kernel_predictions(theta_train, theta_test_train, y, f0_train=f0_train, f0_test=f0_test)
-
-
-def flow_error(res) -> float:
-    """The integrator's accumulated defect sum_s err_s ||r_s|| / ||r_0|| (module docstring)."""
-    r = [math.sqrt(2 * max(loss, 0.0)) for loss in res.loss]
-    return sum(e * rs for e, rs in zip(res.errors, r[:-1])) / max(r[0], 1e-300)
-
-
-def _rms(v: torch.Tensor) -> float:
-    return float(v.pow(2).mean().sqrt())
 
 
 def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> list[dict]:
@@ -170,21 +143,10 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
             net = finite_nets.build(arch, width, seed=seed, input_shape=tuple(xtr.shape[1:]), output_scale=kappa,
                                     dtype=dtype, device=device)
             th_tr, th_te = initial_ntk(net, xtr, xte)  # before training (train_flow trains a copy)
-            rtol, tries = e.rtol, 0
-            while True:
-                tries += 1
-                res = train_flow(net, xtr, y.to(dtype), xte, loss_tol=e.loss_tol, rtol=rtol, max_steps=e.max_steps,
-                                 centered=centred)
-                f_net = res.test_predictions[..., 0].double().cpu()  # (S, M)
-                f0 = {} if centred else {"f0_train": res.f0_train[:, 0].double().cpu(),
-                                         "f0_test": res.f0_test[:, 0].double().cpu()}
-                f_lin0 = linearised_limit(th_tr, th_te, y, **f0)  # lin(Theta0), t = infinity
-                net_lin = _rms(f_net[-1] - f_lin0) / kr_rms
-                err = flow_error(res)
-                err_rel = err / max(net_lin, 1e-300)
-                if err_rel <= e.flow_error_bound or tries > 1:
-                    break
-                rtol /= 10
+            tr = train_checked(net, xtr, y, xte, th_tr, th_te, kr_rms, loss_tol=e.loss_tol, rtol=e.rtol,
+                               max_steps=e.max_steps, centred=centred, bound=e.flow_error_bound)
+            res, f_net, f0, f_lin0, net_lin = tr.res, tr.f_net, tr.f0, tr.f_lin0, tr.net_lin
+            err, err_rel, rtol, tries = tr.err, tr.err_rel, tr.rtol, tr.tries
             f0_part = 0.0 if centred else _rms(f_lin0 - linearised_limit(th_tr, th_te, y)) / kr_rms
             # linearised net on the exact kernel (kappa^2 K: the net's NTK scale), same flow time
             f_lin = finite_nets.gd_predictions(kappa**2 * k, kappa**2 * kt, y, 1.0, res.times, flow=True, **f0)

@@ -5,7 +5,7 @@
 #   scripts/figures.sh ntk_convergence prediction_equivalence     # some of them
 #
 # Names: ntk_convergence ntk_depth prediction_equivalence prediction_equivalence_erf kernel_vs_network kernel_vs_network_fashion
-#        monte_carlo_vs_exact table1 myrtle aspect_ratio
+#        monte_carlo_vs_exact table1 myrtle aspect_ratio aspect_ratio_trained
 # Refuses to run on a tree with uncommitted changes outside figures/ (its own outputs): every results file records the git commit it
 # was made from, and a committed figure must name a commit that holds the code that made it.
 # WORK (default multirun/figures_STAMP) keeps the runs; figures/NAME.* are replaced at the end of
@@ -18,7 +18,7 @@ if [ -n "$(git status --porcelain --untracked-files=no -- ':/' ':(top,exclude)fi
 fi
 PY="${PYTHON:-.venv/bin/python}"
 WORK="${WORK:-multirun/figures_$(date +%Y-%m-%d_%H-%M-%S)}"
-ALL=(ntk_convergence ntk_depth aspect_ratio prediction_equivalence prediction_equivalence_erf kernel_vs_network kernel_vs_network_fashion monte_carlo_vs_exact table1 myrtle)
+ALL=(ntk_convergence ntk_depth aspect_ratio aspect_ratio_trained prediction_equivalence prediction_equivalence_erf kernel_vs_network kernel_vs_network_fashion monte_carlo_vs_exact table1 myrtle)
 NAMES=("${@:-${ALL[@]}}")
 mkdir -p figures "$WORK"
 
@@ -51,7 +51,7 @@ one() {  # NAME: one figure (a failure is reported, and the next figure still ru
             FIG_AS[ntk_convergence]=ntk_convergence_depth_widths
             keep "$WORK/$name" ntk_convergence_depth ntk_convergence_depth ntk_convergence
             unset 'FIG_AS[ntk_convergence]' ;;
-        aspect_ratio|prediction_equivalence|kernel_vs_network|monte_carlo_vs_exact)
+        aspect_ratio|aspect_ratio_trained|prediction_equivalence|kernel_vs_network|monte_carlo_vs_exact)
             "$PY" run.py experiment="$name" progress=false hydra.run.dir="$WORK/$name"
             keep "$WORK/$name" "$name" "$name" ;;
         prediction_equivalence_erf)  # Theorem 3.2's smooth-activation control: erf, depth 2, centred (no kink)
