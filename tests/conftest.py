@@ -34,6 +34,76 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def _quick_save_figure(fig, out_dir, name):
+    """experiments.harness.common.save_figure, cheaper: the figure is drawn once, into a 20 dpi PNG
+    (name.png), with no PDF and no tight-bbox pass.  The plotting code still runs to the end, drawing
+    included (a bad label or mathtext still fails), at a third of the cost or less."""
+    import io
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from experiments.harness.results import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=20)
+    plt.close(fig)
+    path = Path(out_dir) / f"{name}.png"
+    write_atomic(path, buf.getvalue())
+    return [path]
+
+
+def patch_figures(mp: pytest.MonkeyPatch) -> None:
+    """Every experiment module's save_figure replaced by the quick one, through ``mp``.  For tests that
+    check rows and summaries; the real PNG + PDF files are checked through run.py by
+    tests/test_experiments_e2e.py."""
+    import sys
+
+    import experiments
+    from experiments.harness import common
+
+    for name in experiments.names():
+        experiments.get(name)
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith("experiments") and getattr(mod, "save_figure", None) is common.save_figure:
+            mp.setattr(mod, "save_figure", _quick_save_figure)
+
+
+@pytest.fixture
+def quick_figures(monkeypatch):
+    patch_figures(monkeypatch)
+
+
+def selected_params(request, test_name: str, param: str) -> list:
+    """The values of ``param`` of the collected (selected: -k included) items of ``test_name`` in the
+    requesting module, in collection order."""
+    return [item.callspec.params[param] for item in request.session.items
+            if getattr(item, "originalname", None) == test_name and item.module is request.module]
+
+
+class Ahead:
+    """Subprocess-bound work for parametrised tests, started at once, a few at a time in threads (each
+    run is its own process: on 2 cores two of them take about the time of one).  ``get(key)`` waits
+    for that key's result and re-raises its exception inside the test that asks for it, so every
+    case still passes or fails on its own."""
+
+    def __init__(self, fn, keys, workers: int | None = None):
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=workers or max(1, min(cores, 4)))
+        self.futures = {key: self.pool.submit(fn, key) for key in dict.fromkeys(keys)}
+
+    def get(self, key):
+        return self.futures[key].result()
+
+    def close(self):
+        for f in self.futures.values():
+            f.cancel()
+        self.pool.shutdown(wait=True)
+
+
 def idx_bytes(arr: np.ndarray) -> bytes:
     """An unsigned-byte IDX file's bytes (the Fashion-MNIST format)."""
     header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)

@@ -4,6 +4,8 @@
   log-log slope with its 95 % interval below 0), every net trained to the stated loss.
 - RQ3: at small n, a finite CNN trained well (hyperparameters on a validation split) is within a few
   points of its exact kernel; an uncentred kappa = 1 twin, the old artefact, is not needed.
+
+Figures are drawn small (conftest's quick_figures): these tests read rows and summaries.
 """
 from pathlib import Path
 
@@ -20,7 +22,7 @@ register()
 _run = run_experiment
 
 
-def test_fully_trained_net_approaches_kernel_regression_as_width_grows(tmp_path):
+def test_fully_trained_net_approaches_kernel_regression_as_width_grows(tmp_path, quick_figures):
     overrides = ["experiment=prediction_equivalence", "experiment.widths=[64,256,1024]", "experiment.seeds=[0,1]",
                  "experiment.depths=[2]", "experiment.routes=[centred]", "data.n_train=12", "data.n_test=40",
                  "progress=false", "threads=1"]
@@ -34,7 +36,7 @@ def test_fully_trained_net_approaches_kernel_regression_as_width_grows(tmp_path)
     assert summary["rel_diff_to_kernel_regression"]["slope"] == pytest.approx(fit["slope"])
 
 
-def test_well_trained_finite_cnns_are_within_a_few_points_of_their_kernel(tmp_path):
+def test_well_trained_finite_cnns_are_within_a_few_points_of_their_kernel(tmp_path, quick_figures):
     overrides = ["experiment=kernel_vs_network", "experiment.widths=[64]", "experiment.depths=[3]",
                  "experiment.seeds=[0]", "experiment.epochs=25", "experiment.ntk_lr_fractions=[1.0]",
                  "experiment.standard_lrs=[0.01,0.03,0.1]", "data.n_train=150", "data.n_val=100", "data.n_test=150",
@@ -52,7 +54,7 @@ def test_well_trained_finite_cnns_are_within_a_few_points_of_their_kernel(tmp_pa
     assert (tmp_path / "table.md").read_text().count("|") > 50
 
 
-def test_the_empirical_ntk_needs_more_width_as_depth_grows(tmp_path):
+def test_the_empirical_ntk_needs_more_width_as_depth_grows(tmp_path, quick_figures):
     """Theorem 3.1's content is depth: at every width the relative error grows with depth (seed means
     of 6 seeds), and the width needed for a fixed error grows with L (exponent interval above 0)."""
     overrides = ["model=fc", "experiment.depths=[2,6,11]", "experiment.widths=[128,256,512]",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import Ahead, selected_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cntk", "finite_nets", "experiments")
@@ -37,9 +38,23 @@ def test_there_is_code_to_check():
     assert len(readme_blocks()) >= 3 and docstring_examples()
 
 
+def _run(code, tmp):
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                               "NUMBA_NUM_THREADS": "1", "HOME": str(tmp)})
+
+
+@pytest.fixture(scope="module")
+def ran(request, tmp_path_factory):
+    """Every selected case's interpreter, started together (one thread each, a few at a time)."""
+    names = selected_params(request, "test_runs_as_written", "name")
+    code, dirs = dict(CASES), {n: tmp_path_factory.mktemp("doc") for n in names}
+    ahead = Ahead(lambda n: _run(code[n], dirs[n]), names)
+    yield ahead
+    ahead.close()
+
+
 @pytest.mark.parametrize("name, code", CASES, ids=[n for n, _ in CASES])
-def test_runs_as_written(name, code, tmp_path):
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
-                              "NUMBA_NUM_THREADS": "1", "HOME": str(tmp_path)})
+def test_runs_as_written(name, code, ran):
+    out = ran.get(name)
     assert out.returncode == 0, f"{name} fails as written:\n{code}\n{out.stderr[-3000:]}"

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import Ahead, selected_params
 from hydra import compose, initialize_config_dir
 
 import experiments
@@ -77,6 +78,21 @@ def test_impossible_or_ineffective_values_name_the_key(overrides, key):
         _validate(overrides)
 
 
+def _start(override, tmp):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), override, f"hydra.run.dir={tmp}"],
+                          capture_output=True, text=True, cwd=tmp, timeout=120), tmp
+
+
+@pytest.fixture(scope="module")
+def started(request, tmp_path_factory):
+    """run.py with every selected bad override, started together (each ends at start, a few at a time)."""
+    overrides = selected_params(request, "test_run_py_fails_at_start_with_one_line", "override")
+    dirs = {o: tmp_path_factory.mktemp("start") for o in overrides}
+    ahead = Ahead(lambda o: _start(o, dirs[o]), overrides)
+    yield ahead
+    ahead.close()
+
+
 @pytest.mark.parametrize(
     "override, words",
     [
@@ -89,9 +105,8 @@ def test_impossible_or_ineffective_values_name_the_key(overrides, key):
         ("model.width=0", "model.width: must be >= 1"),
     ],
 )
-def test_run_py_fails_at_start_with_one_line(override, words, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), override, f"hydra.run.dir={tmp_path}"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+def test_run_py_fails_at_start_with_one_line(override, words, started):
+    proc, tmp_path = started.get(override)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and words in lines[-1], proc.stderr

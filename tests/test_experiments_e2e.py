@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import alive
+from conftest import Ahead, alive, run_experiment, selected_params
 
 import experiments
 
@@ -31,12 +31,29 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("name", experiments.names())
-def test_every_experiment_runs_end_to_end(name, tmp_path):
-    runs = experiments.get(name).smoke(tmp_path)
+def _smoke(name, tmp):
+    """The experiment's smoke runs through run.py in ``tmp``, one after another; the last run's folder.
+    threads=1: two of these run side by side (conftest's Ahead), one per core."""
+    tmp.mkdir()
+    runs = experiments.get(name).smoke(tmp)
     for i, overrides in enumerate(runs):
-        run_py(*overrides, f"hydra.run.dir={tmp_path / f'run{i}'}", cwd=tmp_path)
-    out = tmp_path / f"run{len(runs) - 1}"
+        run_py(*overrides, "threads=1", f"hydra.run.dir={tmp / f'run{i}'}", cwd=tmp)
+    return tmp / f"run{len(runs) - 1}"
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request, tmp_path_factory):
+    """Every selected experiment's smoke runs, started together when the first case asks."""
+    base = tmp_path_factory.mktemp("smoke")
+    ahead = Ahead(lambda name: _smoke(name, base / name),
+                  selected_params(request, "test_every_experiment_runs_end_to_end", "name"))
+    yield ahead
+    ahead.close()
+
+
+@pytest.mark.parametrize("name", experiments.names())
+def test_every_experiment_runs_end_to_end(name, smoke_runs):
+    out = smoke_runs.get(name)
     rows = _rows(out / "results.csv")
     assert rows and all(r["experiment"] == name for r in rows)
     for col in ("git_commit", "torch", "device", "run_wall_seconds"):
@@ -54,14 +71,17 @@ KVN = ["experiment=kernel_vs_network", "experiment.seeds=[0]", "experiment.epoch
        "data.n_test=10", "threads=1"]
 
 
-def test_kernel_vs_network_trains_the_kernels_own_layers(tmp_path):
+def test_kernel_vs_network_trains_the_kernels_own_layers(tmp_path, one_thread, quick_figures):
     """erf with biases: both parameterisations train erf nets with biases (the kernel's layers); Myrtle
-    runs, and experiment.max_weights counts its own 3 x 3 hidden weights."""
+    runs, and experiment.max_weights counts its own 3 x 3 hidden weights.  In this process (run.py
+    itself is run above): the rows are what is checked."""
     import cntk
     import finite_nets
 
-    run_py(*KVN, "model.activation=erf", "model.bias_var=0.1", "experiment.widths=[4]", "experiment.depths=[3]",
-           "experiment.readouts=[gap]", f"hydra.run.dir={tmp_path / 'erf'}", cwd=tmp_path)
+    for sub in ("erf", "myrtle"):
+        (tmp_path / sub).mkdir()
+    run_experiment([*KVN, "model.activation=erf", "model.bias_var=0.1", "experiment.widths=[4]", "experiment.depths=[3]",
+                    "experiment.readouts=[gap]", "progress=false"], tmp_path / "erf")
     rows = json.loads((tmp_path / "erf" / "results.json").read_text())["rows"]
     arch = cntk.Architecture(activation="erf", bias_var=0.1)
     nets = {r["method"]: r for r in rows if r["method"].endswith("_net")}
@@ -72,8 +92,8 @@ def test_kernel_vs_network_trains_the_kernels_own_layers(tmp_path):
     no_bias = finite_nets.build(cntk.Architecture(), 4, input_shape=(1, 8, 8), out_dim=10, device="cpu")
     assert nets["ntk_net"]["weights"] > sum(p.numel() for p in no_bias.parameters())  # the biases are trained
     hidden = cntk.Architecture(family="myrtle", depth=5).hidden_weights((1, 8, 8), 8)
-    run_py(*KVN, "model=myrtle", "experiment.widths=[4,8]", f"experiment.max_weights={hidden - 1}",
-           f"hydra.run.dir={tmp_path / 'myrtle'}", cwd=tmp_path)
+    run_experiment([*KVN, "model=myrtle", "experiment.widths=[4,8]", f"experiment.max_weights={hidden - 1}",
+                    "progress=false"], tmp_path / "myrtle")
     rows = json.loads((tmp_path / "myrtle" / "results.json").read_text())["rows"]
     assert {r["width"] for r in rows if r["method"].endswith("_net")} == {4} and rows[0]["net"] == "Myrtle-5"
 

@@ -1,7 +1,8 @@
 """The override rule, walked: for every experiment found in conf/experiment/ and every model key (and
 the experiment's own grid keys), an override either changes what is computed -- the rows differ
 from the experiment's smallest run and carry the override as a column -- or is refused at start
-with one line naming a key.  Nothing is ever silently ignored."""
+with one line naming a key.  Nothing is ever silently ignored.  Figures are drawn small (conftest's
+quick_figures): only the rows are compared here."""
 import json
 import re
 from pathlib import Path
@@ -82,7 +83,7 @@ def baseline(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name, key, value", list(_cases()))
-def test_every_override_changes_the_rows_or_is_refused(name, key, value, baseline, tmp_path, one_thread):
+def test_every_override_changes_the_rows_or_is_refused(name, key, value, baseline, tmp_path, one_thread, quick_figures):
     override = f"{key}={value}"
     if (name, key) in REFUSED:
         with pytest.raises(ConfigError, match=f"^{REFUSED[name, key].replace('.', '[.]')}: "):
@@ -107,7 +108,7 @@ def test_every_override_changes_the_rows_or_is_refused(name, key, value, baselin
     assert _content(rows, overridden) != _content(base, overridden), f"{override} did not change what {name} computed"
 
 
-def test_one_value_grids_follow_explicit_model_keys(tmp_path):
+def test_one_value_grids_follow_explicit_model_keys(tmp_path, quick_figures):
     """model.depth=4 on a depth-sweeping experiment computes depth 4 only, and model=cnn_v the flatten readout."""
     rows = _run(["experiment.widths=[4]", "experiment.seeds=[0]", "data.n_train=3", "model.depth=4", "model=cnn_v",
                  "progress=false"], tmp_path)

@@ -84,7 +84,7 @@ def test_lin_with_the_exact_kernel_is_kernel_regression(setting):
     assert _rms(linearised_limit(th_tr, th_te, y) - f_kr) / _rms(f_kr) < 0.2
 
 
-def test_rows_record_laziness_and_the_integrator_check(tmp_path, one_thread):
+def test_rows_record_laziness_and_the_integrator_check(tmp_path, one_thread, quick_figures):
     out = _run(["experiment=prediction_equivalence", "experiment.widths=[16,64]", "experiment.seeds=[0]",
                 "experiment.depths=[2]", "experiment.small_kappa=[0.1]", "experiment.lazy_threshold=2",
                 "data.n_train=6", "data.n_test=8", "progress=false", "threads=1"], tmp_path)
