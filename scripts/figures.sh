@@ -4,7 +4,7 @@
 #   scripts/figures.sh                      # all of them (this 2-core machine: several hours, most of it table1)
 #   scripts/figures.sh ntk_convergence prediction_equivalence     # some of them
 #
-# Names: ntk_convergence ntk_depth prediction_equivalence prediction_equivalence_erf kernel_vs_network kernel_vs_network_fashion
+# Names: ntk_convergence ntk_depth prediction_equivalence prediction_equivalence_erf kernel_vs_network kernel_vs_network_centred kernel_vs_network_fashion
 #        monte_carlo_vs_exact table1 myrtle aspect_ratio aspect_ratio_trained
 # Refuses to run on a tree with uncommitted changes outside figures/ (its own outputs): every results file records the git commit it
 # was made from, and a committed figure must name a commit that holds the code that made it.
@@ -18,7 +18,7 @@ if [ -n "$(git status --porcelain --untracked-files=no -- ':/' ':(top,exclude)fi
 fi
 PY="${PYTHON:-.venv/bin/python}"
 WORK="${WORK:-multirun/figures_$(date +%Y-%m-%d_%H-%M-%S)}"
-ALL=(ntk_convergence ntk_depth aspect_ratio aspect_ratio_trained prediction_equivalence prediction_equivalence_erf kernel_vs_network kernel_vs_network_fashion monte_carlo_vs_exact table1 myrtle)
+ALL=(ntk_convergence ntk_depth aspect_ratio aspect_ratio_trained prediction_equivalence prediction_equivalence_erf kernel_vs_network kernel_vs_network_centred kernel_vs_network_fashion monte_carlo_vs_exact table1 myrtle)
 NAMES=("${@:-${ALL[@]}}")
 mkdir -p figures "$WORK"
 
@@ -60,6 +60,12 @@ one() {  # NAME: one figure (a failure is reported, and the next figure still ru
             FIG_AS[prediction_equivalence]=prediction_equivalence_erf
             keep "$WORK/$name" "$name" prediction_equivalence
             unset 'FIG_AS[prediction_equivalence]' ;;
+        kernel_vs_network_centred)  # RQ3 with the twins' route held fixed at every width (centred, kappa = 1):
+            # the default run's validation picks the route per width, which confounds route with width
+            "$PY" run.py experiment=kernel_vs_network "experiment.ntk_routes=[centred]" progress=false hydra.run.dir="$WORK/$name"
+            FIG_AS[kernel_vs_network]=kernel_vs_network_centred
+            keep "$WORK/$name" "$name" kernel_vs_network
+            unset 'FIG_AS[kernel_vs_network]' ;;
         kernel_vs_network_fashion)  # RQ3 on Fashion-MNIST, 1000 train / 1000 test, CNN-V depth 3
             # (CNN-GAP left out: its exact kernel on 2,300 images of 28x28 would cost an hour or more here)
             "$PY" run.py experiment=kernel_vs_network data=fashion_mnist data.n_train=1000 data.n_val=300 \
