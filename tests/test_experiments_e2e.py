@@ -66,6 +66,20 @@ def test_every_experiment_runs_end_to_end(name, smoke_runs):
     assert (out / "run.log").exists() and not list(out.glob(".*.tmp"))
 
 
+def test_provenance_names_the_commit_the_run_started_from():
+    """A commit made in the checkout while a run goes on is not the code the run imported: the
+    results name the commit at the start, and the one at the end beside it only where it moved."""
+    import torch
+
+    from experiments.harness import results
+
+    now = results.git_commit()
+    same = results.provenance(torch.device("cpu"), 1, now)
+    assert same["git_commit"] == now and "git_commit_at_end" not in same
+    moved = results.provenance(torch.device("cpu"), 1, "0" * 40)
+    assert moved["git_commit"] == "0" * 40 and moved["git_commit_at_end"] == now
+
+
 KVN = ["experiment=kernel_vs_network", "experiment.seeds=[0]", "experiment.epochs=1", "experiment.standard_lrs=[0.01]",
        "experiment.ntk_lr_fractions=[0.5]", "experiment.ntk_routes=[centred]", "data.n_train=20", "data.n_val=10",
        "data.n_test=10", "threads=1"]

@@ -51,16 +51,21 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {name} ({os.cpu_count()} cores)"
 
 
-def provenance(device: torch.device, cpu_threads: int) -> dict[str, Any]:
-    """Versions, device, CPU threads, commit and time of this run."""
+def provenance(device: torch.device, cpu_threads: int, started_commit: str | None = None) -> dict[str, Any]:
+    """Versions, device, CPU threads, commit and time of this run.  git_commit is ``started_commit``
+    (the tree when the run started: the code it imported) when given; where HEAD or the tree changed
+    while it ran, git_commit_at_end says what they became."""
     versions = {"python": platform.python_version()}
     for pkg in ("torch", "numpy", "hydra-core", "cntk-suite", "numba", "triton"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
+    end = git_commit()
+    moved = {"git_commit_at_end": end} if started_commit and end != started_commit else {}
     return {
-        "git_commit": git_commit(),
+        "git_commit": started_commit or end,
+        **moved,
         "versions": versions,
         "device": device_name(device),
         "cpu_threads": cpu_threads,

@@ -146,6 +146,7 @@ def execute(dcfg: DictConfig, out_dir: str | Path, job_num: int = 0, task_overri
     task_overrides: the job's overrides (Hydra's overrides.task), for the override rule and the
     rows' override columns; choices: the group options chosen (Hydra's runtime.choices);
     launcher: the launcher config (threads per job); job_num picks the GPU when device=auto."""
+    commit = results.git_commit()  # the code this run imports; a commit made while it runs is not it
     cfg, dcfg, ovs = prepare(dcfg, task_overrides)
     threads = set_threads(job_threads(cfg.threads, launcher))
     device, dtype = resolve_device(cfg.device, job_num), resolve_dtype(cfg.dtype)
@@ -160,7 +161,7 @@ def execute(dcfg: DictConfig, out_dir: str | Path, job_num: int = 0, task_overri
     rows = [{"experiment": cfg.experiment.name, "data": cfg.data.name, **columns, **r, "run_wall_seconds": round(wall, 3)}
             for r in rows]
     doc = {"experiment": cfg.experiment.name, "config": OmegaConf.to_container(dcfg, resolve=True), "choices": dict(choices or {}), "overrides": columns,
-           "provenance": results.provenance(device, threads), "rows": rows}
+           "provenance": results.provenance(device, threads, commit), "rows": rows}
     results.save(out_dir, doc)
     paths, summary = exp.plot(results.load(out_dir), out_dir)
     if summary:
