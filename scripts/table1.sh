@@ -11,7 +11,7 @@
 # paper's CIFAR-10 column, apart), table1.png.
 #
 #   scripts/table1.sh [DATA] [LAUNCHER] [JOBS] [extra hydra overrides...]
-#   scripts/table1.sh fashion_mnist                          # this 2-core machine: about 2 h (87 min with GAP_TEST=1000)
+#   scripts/table1.sh fashion_mnist                          # this 2-core machine: 140 min (87 min with GAP_TEST=1000)
 #   V_TRAIN=50000 V_TEST=10000 GAP_TRAIN=50000 GAP_TEST=10000 V_DEPTHS=3,4,6,11,21 GAP_DEPTHS=3,4,6,11,21 \
 #       scripts/table1.sh cifar10 slurm 64 hydra.launcher.partition=gpu    # the paper's setting
 #
