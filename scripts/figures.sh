@@ -77,8 +77,8 @@ one() {  # NAME: one figure (a failure is reported, and the next figure still ru
             unset 'FIG_AS[kernel_vs_network]' ;;
         table1)
             NET="$WORK/kernel_vs_network_fashion"; [ -d "$NET" ] || NET=""
-            # GAP at 500 / 2000 (fix from the same pass), Myrtle-5 / -10 at 150 / 500 (table1.sh's defaults)
-            OUT="$WORK/table1" NETWORKS="$NET" GAP_TRAIN=500 GAP_TEST=2000 MYRTLE_TRAIN=150 MYRTLE_TEST=500 \
+            # table1.sh's default sizes: GAP 500 / 2000 (fix from the same pass), Myrtle-5 / -10 150 / 500
+            OUT="$WORK/table1" NETWORKS="$NET" \
                 scripts/table1.sh fashion_mnist local_parallel 2 progress=false
             for f in "$WORK"/table1/report/table1.*; do cp "$f" figures/; done ;;
         myrtle)  # the Myrtle-5 preset (pooling): Theorem 3.1 on digits, and gram + solve on Fashion-MNIST
