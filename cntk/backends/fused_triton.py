@@ -368,10 +368,11 @@ def _cntk_kernel(x_ptr, y_ptr, sx_ptr, sy_ptr, ii_ptr, jj_ptr, part_ptr, scratch
                     # tl.reduce with Triton's own sum combiner rather than tl.sum: tl.sum is a @jit
                     # function of triton.language.standard, which the interpreter cannot call when
                     # triton was imported before TRITON_INTERPRET was set; the interpreter
-                    # recognises this combiner and sums with numpy
-                    final = tl.reduce(final, 2, tl.standard._sum_combine)
-                    final = tl.reduce(final, 1, tl.standard._sum_combine)
-                    acc += tl.reduce(final, 0, tl.standard._sum_combine)
+                    # recognises this combiner and sums with numpy.  _sum_combine is bound per
+                    # mode by _kernel() (the JIT needs a JITFunction of it)
+                    final = tl.reduce(final, 2, _sum_combine)
+                    final = tl.reduce(final, 1, _sum_combine)
+                    acc += tl.reduce(final, 0, _sum_combine)
         tl.store(part_ptr + (tl.full([1], 0, tl.int64) + item), acc)
 
 
@@ -380,6 +381,10 @@ _NO_SPECIALIZE = ("n_items", "n_groups", "fold_group", "n_folds", "n_layers", "C
                   "sh", "sw", "smh", "smw", "snfh", "snfw")
 _DEVICE_FUNCS = ("_sqrt", "_acos", "_relu_step", "_box_sum", "_pool_gather", "_cntk_kernel")
 _BUILT: dict[bool, object] = {}
+# The readout's sum combiner, rebound in each mode's namespace by _kernel(): the interpreter knows
+# Triton's own object by identity; the JIT compiler needs a JITFunction, and Triton (3.9 at least)
+# makes that object an InterpretedFunction when it was imported under TRITON_INTERPRET=1.
+_sum_combine = tl.standard._sum_combine
 
 
 def _interpreting() -> bool:
@@ -394,6 +399,10 @@ def _kernel(interpret: bool):
         else:
             from triton.runtime.jit import JITFunction as wrap
         ns = dict(globals())  # a private namespace: the interpreter adds its own names to it
+        combine = tl.standard._sum_combine
+        if not interpret and not isinstance(combine, wrap):
+            combine = wrap(combine.fn)
+        ns["_sum_combine"] = combine
         for name in _DEVICE_FUNCS:
             fn = globals()[name]
             copy = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__, fn.__closure__)
