@@ -399,7 +399,7 @@ def _kernel(interpret: bool):
         else:
             from triton.runtime.jit import JITFunction as wrap
         ns = dict(globals())  # a private namespace: the interpreter adds its own names to it
-        combine = tl.standard._sum_combine
+        combine = _sum_combine
         if not interpret and not isinstance(combine, wrap):
             combine = wrap(combine.fn)
         ns["_sum_combine"] = combine
