@@ -18,6 +18,12 @@ every seed is trained with the choice (a seed whose training diverges with it ta
 setting of the ranking; ``choice_rank`` in its row says so).  Kernel
 regression (no ridge, as in the paper) uses the same training images.  Rows keep which test images
 each model classifies correctly, for bootstrap intervals and paired (McNemar) tests.
+
+``redraw_train``: seed s is a whole replicate -- initialisation s *and* training draw s (the
+training subset drawn anew from the pool, ``data.load(..., train_draw=s)``; draw 0 is the subset
+``data.seed`` gives, and the test images are the same for every draw), with the exact kernel
+recomputed on every draw, so that the intervals cover which images were trained on, not only the
+initialisation; each net is paired with the kernel of its own draw.  Selection stays on draw 0.
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ from cntk.errors import NetworkError
 from experiments.harness import stats, sweep
 from experiments.harness.common import common, row_name, save_figure, style
 from experiments.harness.config import Config as RunConfig, ConfigError, GridExperiment, Needs, check
-from experiments.harness.data import Dataset
+from experiments.harness.data import Dataset, load
 from experiments.harness.results import write_atomic
 
 PARAMETERISATIONS = ("ntk", "standard")
@@ -58,6 +64,8 @@ class Config(GridExperiment):
                                     why="only the small_kappa route of the ntk nets reads it")),
         "standard_lrs": Needs("parameterisations", idle=("ntk",), use="standard",
                               why="only the standard-parameterised nets read it"),
+        "redraw_train": Needs("seeds", idle=(0,), use=1, why="only a seed s > 0 trains on another draw (draw 0 is "
+                              "data.seed's subset)"),
     }
     name: str = "kernel_vs_network"
     parameterisations: list[str] = field(default_factory=lambda: list(PARAMETERISATIONS))
@@ -69,6 +77,7 @@ class Config(GridExperiment):
     ntk_lr_fractions: list[float] = field(default_factory=lambda: [0.5, 1.0])  # lr = fraction * B / lambda_max
     standard_lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1])
     ridge: float = 0.0  # kernel regression ridge, relative to the mean diagonal (the paper: 0)
+    redraw_train: bool = False  # seed s also trains on training draw s (a fresh subset; kernel per draw)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -110,20 +119,35 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
                           "split of the training pool: set data.n_val > 0")
     if len(data.x_test) == 0:  # before any work: the figure is test accuracy
         raise ConfigError("data.n_test: kernel_vs_network compares test accuracies and needs test images (got 0)")
-    y = cntk.paper_targets(data.y_train, data.num_classes)
     sizes = {"n_train": len(data.x_train), "n_val": len(data.x_val), "n_test": len(data.x_test)}
+    # training draws: draw 0 is ``data``; with redraw_train, seed s trains on draw s (same test images)
+    draws = {0: data, **{d: load(cfg.data, train_draw=d) for d in (e.seeds if e.redraw_train else ()) if d}}
+    kernel_draws = sorted(e.seeds) if e.redraw_train else [0]
+
+    def draw_of(seed: int) -> int:
+        return seed if e.redraw_train else 0
 
     def prepare(arch):
-        xtr, xva, xte = (arch.inputs(x).to(device=device, dtype=dtype) for x in (data.x_train, data.x_val, data.x_test))
-        t0 = time.perf_counter()
-        k = cntk.kernel(xtr, None, arch, progress=False)
-        kt = cntk.kernel(xte, xtr, arch, progress=False)
-        model = cntk.kernel_regression(k, y, ridge=e.ridge)
-        pred = model.predict(kt).cpu()
-        correct = (pred.argmax(1) == data.y_test).numpy()
-        row = {"method": "kernel", "width": 0, "seed": -1, **sizes, "accuracy": float(correct.mean()),
-               "correct": stats.encode(correct), "seconds": time.perf_counter() - t0, "jitter": model.jitter}
-        return {"x": (xtr, xva, xte), "chosen": {}}, [row]
+        ctx = {"x": {}, "chosen": {}}
+        rows = []
+        for d in kernel_draws:
+            part = draws[d]
+            ctx["x"][d] = tuple(arch.inputs(x).to(device=device, dtype=dtype)
+                                for x in (part.x_train, part.x_val, part.x_test))
+            xtr, _, xte = ctx["x"][d]
+            t0 = time.perf_counter()
+            k = cntk.kernel(xtr, None, arch, progress=False)
+            kt = cntk.kernel(xte, xtr, arch, progress=False)
+            model = cntk.kernel_regression(k, cntk.paper_targets(part.y_train, data.num_classes), ridge=e.ridge)
+            pred = model.predict(kt).cpu()
+            correct = (pred.argmax(1) == part.y_test).numpy()
+            rows.append({"method": "kernel", "width": 0, "seed": -1, "train_draw": d,
+                         "train_indices_sha256": part.provenance["train"]["indices_sha256"], **sizes,
+                         "accuracy": float(correct.mean()), "correct": stats.encode(correct),
+                         "seconds": time.perf_counter() - t0, "jitter": model.jitter})
+        if 0 not in ctx["x"]:  # selection is on draw 0 (its validation images) whichever seeds run
+            ctx["x"][0] = tuple(arch.inputs(x).to(device=device, dtype=dtype) for x in (data.x_train, data.x_val, data.x_test))
+        return ctx, rows
 
     def make(parameterisation, arch, width, seed, shape, hp):
         """The finite net of exactly the kernel's layers, in ``parameterisation``."""
@@ -131,35 +155,37 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
         return finite_nets.build(arch, width, input_shape=shape, out_dim=data.num_classes, seed=seed, output_scale=kappa,
                                  dtype=dtype, device=device, parameterisation=parameterisation)
 
-    def train(parameterisation, net, hp, xtr, x_eval, y_eval, epochs, seed):
+    def train(parameterisation, net, hp, xtr, ytr, x_eval, y_eval, epochs, seed):
         opts = dict(epochs=epochs, batch_size=e.batch_size, momentum=e.momentum, seed=seed)
         if parameterisation == "ntk":
-            return finite_nets.train_sgd(net, xtr, data.y_train, x_eval, y_eval, loss="mse",
+            return finite_nets.train_sgd(net, xtr, ytr, x_eval, y_eval, loss="mse",
                                          lr_fraction=hp["lr_fraction"], centered=hp["route"] == "centred", **opts)
-        return finite_nets.train_sgd(net, xtr, data.y_train, x_eval, y_eval, loss="cross_entropy", lr=hp["lr"], **opts)
+        return finite_nets.train_sgd(net, xtr, ytr, x_eval, y_eval, loss="cross_entropy", lr=hp["lr"], **opts)
 
     def choose(ctx, parameterisation, arch, width):
         """The grid ranked by validation accuracy (seed 0 runs), each with its best epoch, best first
         (ties keep the grid's order); selection rows."""
-        xtr, xva, _ = ctx["x"]
+        xtr, xva, _ = ctx["x"][0]
         ranked, rows = [], []
         for hp in _grid(e, parameterisation):
             net = make(parameterisation, arch, width, 0, tuple(xtr.shape[1:]), hp)
             t0 = time.perf_counter()
             try:
-                res = train(parameterisation, net, hp, xtr, xva, data.y_val, e.epochs, 0)
+                res = train(parameterisation, net, hp, xtr, data.y_train, xva, data.y_val, e.epochs, 0)
                 curve = res.test_accuracy_per_epoch
             except finite_nets.TrainingDiverged:
                 curve = [0.0]
             epoch = len(curve) - 1 - int(np.argmax(curve[::-1]))  # the last best epoch: ties go to more training
-            rows.append({"method": f"{parameterisation}_selection", "width": width, "seed": 0, **sizes, **hp,
+            rows.append({"method": f"{parameterisation}_selection", "width": width, "seed": 0, "train_draw": 0, **sizes, **hp,
                          "val_accuracy": curve[epoch], "epochs": epoch + 1, "seconds": time.perf_counter() - t0})
             ranked.append(({**hp, "epochs": epoch + 1}, curve[epoch]))
         ranked.sort(key=lambda r: -r[1])  # stable: ties keep the grid's order
         return ranked, rows
 
     def measure(ctx, arch, width, seed):
-        xtr, _, xte = ctx["x"]
+        draw = draw_of(seed)
+        xtr, _, xte = ctx["x"][draw]
+        part = draws[draw]
         shape = tuple(xtr.shape[1:])
         out = []
         for par in e.parameterisations:
@@ -171,7 +197,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
             # the validation's choice; should it diverge for this seed, the next best one (recorded)
             for rank, (hp, val) in enumerate(ctx["chosen"][par, width]):
                 try:
-                    res = train(par, make(par, arch, width, seed, shape, hp), hp, xtr, xte, data.y_test,
+                    res = train(par, make(par, arch, width, seed, shape, hp), hp, xtr, part.y_train, xte, part.y_test,
                                 hp["epochs"], seed)
                     break
                 except finite_nets.TrainingDiverged:
@@ -179,7 +205,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
             else:
                 raise finite_nets.TrainingDiverged(f"every {par} setting of the grid diverged at width {width}, seed {seed}")
             kappa = (1.0 if hp.get("route") == "centred" else e.small_kappa) if par == "ntk" else None
-            out.append({"method": f"{par}_net", **sizes, **hp, "choice_rank": rank, "kappa": kappa,
+            out.append({"method": f"{par}_net", "train_draw": draw, **sizes, **hp, "choice_rank": rank, "kappa": kappa,
                         "val_accuracy": val, "accuracy": res.test_accuracy, "correct": stats.encode(res.test_correct.numpy()),
                         "final_train_loss": res.final_train_loss, "train_accuracy": res.train_accuracy,
                         "loss": "mse" if par == "ntk" else "cross_entropy", "lr_used": res.lr,
@@ -197,22 +223,31 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
 LABELS = {"kernel": "exact kernel (CNTK)", "ntk_net": "NTK-param. twin, MSE", "standard_net": "standard CNN, cross-entropy"}
 
 
+def _draw(row: dict) -> int:
+    return int(row.get("train_draw") or 0)  # results written before training draws: draw 0
+
+
 def _cells(rows: list[dict]) -> dict:
-    """(setting, readout, depth) -> {"kernel": row, ("ntk_net" | "standard_net", width): [rows]}."""
+    """(setting, readout, depth) -> {"kernel": {train draw: row}, ("ntk_net" | "standard_net", width): [rows]}."""
     cells: dict = {}
     for r in rows:
         key = (r.get("setting", ""), r["readout"], r["depth"])
         cell = cells.setdefault(key, {})
         cell.setdefault("net", row_name(r))
         if r["method"] == "kernel":
-            cell["kernel"] = r
+            if _draw(r) in cell.setdefault("kernel", {}):
+                raise ValueError(f"two kernel rows of training draw {_draw(r)} for {key}: results of different runs "
+                                 "pooled into one setting")
+            cell["kernel"][_draw(r)] = r
         elif r["method"].endswith("_net"):
             cell.setdefault((r["method"], r["width"]), []).append(r)
     return cells
 
 
-def _interval_name(seeds: int) -> str:
-    return "two-level bootstrap (seeds x images)" if seeds > 1 else "bootstrap over images (1 seed)"
+def _interval_name(seeds: int, redrawn: bool = False) -> str:
+    if seeds == 1:
+        return "bootstrap over images (1 seed)"
+    return "two-level bootstrap (seed+training draw x images)" if redrawn else "two-level bootstrap (seeds x images)"
 
 
 def _holm_per_setting(out: list[dict]) -> None:
@@ -230,26 +265,36 @@ def _holm_per_setting(out: list[dict]) -> None:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per (setting, readout, depth, method, width): accuracy over seeds with its interval (the kernel:
-    Wilson; S seeds of nets: two-level bootstrap over seeds and test images), the paired difference to
-    the exact kernel (two-level bootstrap: the net's seeds and the shared images resampled), and the
-    McNemar p per seed with its Holm-adjusted p (family: every network-vs-kernel test of the setting)."""
+    """Per (setting, readout, depth, method, width): accuracy over seeds with its interval (the kernel
+    on one training draw: Wilson; on D draws: two-level bootstrap over draws and test images; S seeds
+    of nets: two-level bootstrap over seeds and test images), the paired difference to the exact
+    kernel (per image and seed: the net minus the kernel of the seed's own training draw; two-level
+    bootstrap of those differences over seeds and the shared images), and the McNemar p per seed
+    against its draw's kernel, with its Holm-adjusted p (family: every network-vs-kernel test of the
+    setting)."""
     out = []
     for (setting, readout, depth), cell in sorted(_cells(rows).items(), key=lambda kv: tuple(map(str, kv[0]))):
-        kern = cell.get("kernel")
-        kc = stats.decode(kern["correct"]) if kern else None
+        kern = cell.get("kernel") or {}
+        kcs = {d: stats.decode(r["correct"]) for d, r in kern.items()}
         if kern:
-            acc, lo, hi = stats.wilson_accuracy(kc)
+            if len(kern) == 1:
+                acc, lo, hi = stats.wilson_accuracy(next(iter(kcs.values())))
+                interval = "Wilson"
+            else:
+                acc, lo, hi = stats.bootstrap_two_level(np.stack([kcs[d] for d in sorted(kcs)]))
+                interval = "two-level bootstrap (training draws x images)"
             out.append({"setting": setting, "net": cell["net"], "readout": readout, "depth": depth, "method": "kernel", "width": 0,
-                        "seeds": 1, "accuracy": acc, "acc_lo": lo, "acc_hi": hi, "interval": "Wilson",
-                        "n_test": kern["n_test"]})
+                        "seeds": 1, "train_draws": len(kern), "accuracy": acc, "acc_lo": lo, "acc_hi": hi,
+                        "interval": interval, "n_test": next(iter(kern.values()))["n_test"]})
         for key in sorted(k for k in cell if k not in ("kernel", "net")):
             method, width = key
             sel = sorted(cell[key], key=lambda r: r["seed"])
             c = np.stack([stats.decode(r["correct"]) for r in sel])
             acc, lo, hi = stats.bootstrap_two_level(c)
+            redrawn = len({_draw(r) for r in sel}) > 1
             row = {"setting": setting, "net": cell["net"], "readout": readout, "depth": depth, "method": method, "width": width,
-                   "seeds": len(sel), "accuracy": acc, "acc_lo": lo, "acc_hi": hi, "interval": _interval_name(len(sel)),
+                   "seeds": len(sel), "train_draws": len({_draw(r) for r in sel}), "accuracy": acc, "acc_lo": lo,
+                   "acc_hi": hi, "interval": _interval_name(len(sel), redrawn),
                    "n_test": sel[0]["n_test"],
                    "chosen": ", ".join(f"{k}={sel[0][k]}" for k in ("route", "kappa", "lr_fraction", "lr", "epochs")
                                        if sel[0].get(k) is not None),
@@ -257,10 +302,15 @@ def summarize(rows: list[dict]) -> list[dict]:
                    "fallbacks": sum(r.get("choice_rank", 0) > 0 for r in sel),
                    "max_final_train_loss": max(r["final_train_loss"] for r in sel),
                    "min_train_accuracy": min(r["train_accuracy"] for r in sel)}
-            if kc is not None:
-                d, dlo, dhi = stats.bootstrap_two_level_difference(c, kc)
+            missing = sorted({_draw(r) for r in sel} - set(kcs))
+            if kcs and missing:
+                raise ValueError(f"{cell['net']}: nets trained on training draw(s) {missing} have no kernel of that draw "
+                                 "in the results: the run is incomplete or pooled from different runs")
+            if kcs:
+                kc = np.stack([kcs[_draw(r)] for r in sel])  # (S, M): each seed's own draw's kernel
+                d, dlo, dhi = stats.bootstrap_two_level(c.astype(float) - kc)  # replicates resampled as pairs
                 row.update(diff_to_kernel=d, diff_lo=dlo, diff_hi=dhi, kernel_accuracy=float(kc.mean()),
-                           _p=[stats.mcnemar(ci, kc)["p"] for ci in c])
+                           _p=[stats.mcnemar(ci, ki)["p"] for ci, ki in zip(c, kc)])
             out.append(row)
     _holm_per_setting(out)
     return out
@@ -329,12 +379,17 @@ def plot(doc: dict, out_dir: str | Path):
             trained.append(f"{what}: final training loss ≤ {max(r['final_train_loss'] for r in nets):.3g}, training "
                            f"accuracy ≥ {100 * min(r['train_accuracy'] for r in nets):.1f} %")
     n_train, n_val, n_test = (common(rows, k) for k in ("n_train", "n_val", "n_test"))
+    draws = len({_draw(r) for r in rows if r["method"] == "kernel"})
+    replicate = (f"seeds, each with its own training draw of {n_train} images ({draws} draws), and test images resampled"
+                 if draws > 1 else "seeds and test images resampled")
+    kernel_band = (f"mean over the {draws} draws, band: its two-level bootstrap interval" if draws > 1
+                   else "band: its Wilson interval")
     fig.tight_layout()
     fig.text(0.5, 0.0,
              f"{common(rows, 'data')}: {n_train} training images, {n_test} test images; hyperparameters (route / κ, lr, "
              f"epochs) chosen on {n_val} validation images from the training pool.  Lines: mean over seeds with a 95 % "
-             f"two-level bootstrap interval (seeds and test images resampled); points: seeds; black: kernel regression "
-             f"(band: its Wilson interval).\n"
+             f"two-level bootstrap interval ({replicate}); points: seeds; black: kernel regression "
+             f"({kernel_band}).\n"
              f"Trained to (every net): {'; '.join(trained)}.\nRegime: small data ({n_train} images), where kernels are "
              "known to match or beat CNNs (Arora et al. 2020); the paper's CIFAR-10 finding (CNN-GAP about 5-6 points "
              "above CNTK-GAP) is a 50,000-image result.",
@@ -352,10 +407,16 @@ def _pct(s: dict, key: str = "accuracy", lo: str = "acc_lo", hi: str = "acc_hi")
 def _table(summary: list[dict]) -> str:
     """table.md: a header saying which interval each row has and what Holm's families are; one row per model."""
     families = {s["setting"]: s["holm_family_size"] for s in summary if "holm_family_size" in s}
-    lines = ["Intervals: the kernel (one deterministic model): Wilson 95 %; the nets (S seeds): two-level bootstrap 95 % "
-             "(each resample draws S seeds and the test images with replacement); minus kernel: the same, paired on "
-             "the images.",
-             "McNemar per seed against the kernel; Holm family: every network-vs-kernel test of the run"
+    redrawn = any(s.get("train_draws", 1) > 1 for s in summary)
+    lines = [("Intervals: the kernel on D training draws: two-level bootstrap 95 % (draws and test images); the nets "
+              "(S seeds, seed s initialised with s and trained on training draw s): two-level bootstrap 95 % (each "
+              "resample draws S seeds and the test images with replacement); minus kernel: per seed, the net minus "
+              "the kernel of its own draw, resampled the same way (paired on draws and images)."
+              if redrawn else
+              "Intervals: the kernel (one deterministic model): Wilson 95 %; the nets (S seeds): two-level bootstrap 95 % "
+              "(each resample draws S seeds and the test images with replacement); minus kernel: the same, paired on "
+              "the images."),
+             "McNemar per seed against the kernel" + (" of its draw" if redrawn else "") + "; Holm family: every network-vs-kernel test of the run"
              + "".join(f"{' [' + k + ']' if k else ''} (m = {m})" for k, m in families.items())
              + "; Holm p < 0.05 survives.", "",
              "| net | depth | width | accuracy % [95 % CI] | interval | minus kernel, points [95 % CI] "

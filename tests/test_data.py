@@ -121,3 +121,19 @@ def test_sphere_points_have_unit_norm():
 def test_balanced_subset_rejects_impossible_requests():
     with pytest.raises(ConfigError, match="class 1 has 1"):
         balanced_subset(torch.zeros(5, 1), np.array([0, 0, 0, 0, 1]), 4, 2, 0)
+
+
+def test_a_training_draw_redraws_the_training_images_and_keeps_the_test_images():
+    cfg = data_config("digits", n_train=100, n_val=50, n_test=50, seed=3)
+    base, draw0, draw1, draw1_again = load(cfg), load(cfg, train_draw=0), load(cfg, train_draw=1), load(cfg, train_draw=1)
+    assert torch.equal(base.x_train, draw0.x_train) and base.identity("train") == draw0.identity("train")
+    assert torch.equal(draw1.x_train, draw1_again.x_train)  # seeded
+    assert torch.bincount(draw1.y_train).tolist() == [10] * 10  # class-balanced
+    assert base.identity("train")["indices_sha256"] != draw1.identity("train")["indices_sha256"]
+    assert draw1.identity("train")["draw"] == 1 and base.identity("test") != draw1.identity("test")  # standardised apart
+    assert base.identity("test")["indices_sha256"] == draw1.identity("test")["indices_sha256"]
+    assert torch.equal(base.y_test, draw1.y_test)
+    tr = {tuple(v.tolist()) for v in draw1.x_train.flatten(1)}  # train and validation stay disjoint
+    assert not any(tuple(v.tolist()) in tr for v in draw1.x_val.flatten(1))
+    with pytest.raises(ValueError, match="train_draw"):
+        load(cfg, train_draw=-1)

@@ -79,10 +79,15 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 
 
-def load(cfg: DataConfig) -> Dataset:
+def load(cfg: DataConfig, train_draw: int = 0) -> Dataset:
     """The configured data set: class-balanced subsets of n_train + n_test images, and n_val
     validation images from the rest of the training pool (the training subset does not depend on
-    n_val)."""
+    n_val).  ``train_draw`` d > 0: another seeded draw of the training (and validation) subset from
+    the same pool, the test subset unchanged -- a replicate of the training set for intervals that
+    cover which images were trained on (draw 0 is the subset ``data.seed`` gives; the provenance
+    names d > 0 under ``train``, so kernel stores of different draws are told apart)."""
+    if train_draw < 0:
+        raise ValueError(f"train_draw must be >= 0, got {train_draw}")
     if cfg.name == "digits":
         x, y = _digits()
         raw_tr, y_tr, raw_te, y_te = _split_pool(x, y, cfg)
@@ -96,10 +101,11 @@ def load(cfg: DataConfig) -> Dataset:
     else:
         raw_tr, y_tr, raw_te, y_te = _sphere(cfg)
         scale = 1.0
-    i_tr = balanced_indices(y_tr, cfg.n_train, cfg.num_classes, cfg.seed, "data.n_train", cfg.name)
+    drawn = (lambda s: s) if train_draw == 0 else (lambda s: [s, train_draw])  # numpy seeds a stream per list
+    i_tr = balanced_indices(y_tr, cfg.n_train, cfg.num_classes, drawn(cfg.seed), "data.n_train", cfg.name)
     i_te = balanced_indices(y_te, cfg.n_test, cfg.num_classes, cfg.seed + 1, "data.n_test", cfg.name)
     rest = np.setdiff1d(np.arange(len(y_tr)), i_tr)
-    i_va = rest[balanced_indices(np.asarray(y_tr)[rest], cfg.n_val, cfg.num_classes, cfg.seed + 2,
+    i_va = rest[balanced_indices(np.asarray(y_tr)[rest], cfg.n_val, cfg.num_classes, drawn(cfg.seed + 2),
                                  "data.n_val", f"{cfg.name} beside data.n_train={cfg.n_train}")]
     raw_va = np.ascontiguousarray(raw_tr[i_va])
     raw_tr, raw_te = np.ascontiguousarray(raw_tr[i_tr]), np.ascontiguousarray(raw_te[i_te])
@@ -115,6 +121,8 @@ def load(cfg: DataConfig) -> Dataset:
         **{part: {"n": len(idx), "indices_sha256": _sha(np.asarray(idx, np.int64)), "raw_sha256": _sha(raw)}
            for part, idx, raw in (("train", i_tr, raw_tr), ("test", i_te, raw_te))},
     }
+    if train_draw:
+        provenance["train"]["draw"] = train_draw
     return Dataset(cfg.name, torch.from_numpy(x_tr), torch.as_tensor(np.asarray(y_tr)[i_tr], dtype=torch.int64),
                    torch.from_numpy(x_te), torch.as_tensor(np.asarray(y_te)[i_te], dtype=torch.int64),
                    cfg.num_classes, provenance, torch.from_numpy(x_va),
@@ -127,8 +135,10 @@ def _sha(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def balanced_indices(y, n: int, num_classes: int, seed: int, key: str = "n", name: str = "data") -> np.ndarray:
-    """Indices of n examples from classes 0..num_classes-1, as equal per class as n allows, seeded."""
+def balanced_indices(y, n: int, num_classes: int, seed: int | list[int], key: str = "n", name: str = "data"
+                     ) -> np.ndarray:
+    """Indices of n examples from classes 0..num_classes-1, as equal per class as n allows, seeded
+    (``seed``: anything ``numpy.random.default_rng`` takes, e.g. an int or a list of ints)."""
     g = np.random.default_rng(seed)
     per = [n // num_classes + (1 if c < n % num_classes else 0) for c in range(num_classes)]
     idx = []
