@@ -128,12 +128,14 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
         return seed if e.redraw_train else 0
 
     def prepare(arch):
+        def inputs(part: Dataset) -> tuple:  # (train, validation, test) as the architecture reads them
+            return tuple(arch.inputs(x).to(device=device, dtype=dtype) for x in (part.x_train, part.x_val, part.x_test))
+
         ctx = {"x": {}, "chosen": {}}
         rows = []
         for d in kernel_draws:
             part = draws[d]
-            ctx["x"][d] = tuple(arch.inputs(x).to(device=device, dtype=dtype)
-                                for x in (part.x_train, part.x_val, part.x_test))
+            ctx["x"][d] = inputs(part)
             xtr, _, xte = ctx["x"][d]
             t0 = time.perf_counter()
             k = cntk.kernel(xtr, None, arch, progress=False)
@@ -146,7 +148,7 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
                          "accuracy": float(correct.mean()), "correct": stats.encode(correct),
                          "seconds": time.perf_counter() - t0, "jitter": model.jitter})
         if 0 not in ctx["x"]:  # selection is on draw 0 (its validation images) whichever seeds run
-            ctx["x"][0] = tuple(arch.inputs(x).to(device=device, dtype=dtype) for x in (data.x_train, data.x_val, data.x_test))
+            ctx["x"][0] = inputs(data)
         return ctx, rows
 
     def make(parameterisation, arch, width, seed, shape, hp):
