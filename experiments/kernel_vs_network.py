@@ -120,12 +120,11 @@ def run(cfg: RunConfig, data: Dataset, device: torch.device, dtype: torch.dtype)
     if len(data.x_test) == 0:  # before any work: the figure is test accuracy
         raise ConfigError("data.n_test: kernel_vs_network compares test accuracies and needs test images (got 0)")
     sizes = {"n_train": len(data.x_train), "n_val": len(data.x_val), "n_test": len(data.x_test)}
-    # training draws: draw 0 is ``data``; with redraw_train, seed s trains on draw s (same test images)
-    draws = {0: data, **{d: load(cfg.data, train_draw=d) for d in (e.seeds if e.redraw_train else ()) if d}}
-    kernel_draws = sorted(e.seeds) if e.redraw_train else [0]
-
-    def draw_of(seed: int) -> int:
+    def draw_of(seed: int) -> int:  # with redraw_train, seed s trains on draw s (same test images); draw 0 is ``data``
         return seed if e.redraw_train else 0
+
+    kernel_draws = sorted({draw_of(s) for s in e.seeds})
+    draws = {0: data, **{d: load(cfg.data, train_draw=d) for d in kernel_draws if d}}
 
     def prepare(arch):
         def inputs(part: Dataset) -> tuple:  # (train, validation, test) as the architecture reads them
