@@ -266,15 +266,16 @@ def test_tile_multi_fix_columns_are_the_first_layers_share(act):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_relu_step_is_accurate(dtype):
-    """The fused row's ReLU step (``_relu_fused``: rho by the inverse stds, the float32 arc-cosine with one
-    clamp, copysign and sqrt(1 - rho^2) as one square root) against numpy on a dense grid of rho, with
-    stds that are not 1, and K = Kdot = 0 at zero variance."""
+    """The rows' ReLU step (``_rho_at`` then ``_relu_at``: rho by the inverse stds in float32, the
+    arc-cosine of ``_arc``) against numpy on a dense grid of rho, with stds that are not 1, and
+    K = Kdot = 0 at zero variance."""
     from numba import njit
 
     @njit
     def run(cov, nx, ny, ix, iy, k, kd):
         for i in range(cov.shape[0]):
-            k[i], kd[i] = fused._relu_fused(cov[i], nx[i], ny[i], ix[i], iy[i], cov.dtype.type(1.0))
+            rho = fused._rho_at(cov[i], nx[i], ny[i], ix[i], iy[i])
+            k[i], kd[i] = fused._relu_at(rho, nx[i] * ny[i], cov.dtype.type(1.0))
 
     rho = np.concatenate([np.linspace(-1, 1, 20001), [-0.5, 0.5, np.nextafter(0.5, 1), -np.nextafter(0.5, 1)]])
     nx = np.full_like(rho, 1.7)

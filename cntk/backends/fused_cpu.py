@@ -17,18 +17,22 @@ stored, and memory does not grow with the number of pairs.
 Layout.  Pairs are evaluated B = 8 at a time: one image of x1 against 8 consecutive images of x2,
 which are stored lane-interleaved (..., H, W, 8), so every plane buffer is (rows, columns, 8 lanes)
 and every inner loop runs over whole rows of columns x lanes: long, contiguous, unit-stride loops
-that LLVM vectorises (AVX2/AVX-512), with unsigned indices (no negative-index wraparound) and no
-array views in the hot loops (a view costs an atomic reference count).  Per layer, row u of Sigma
-and Theta is box-summed from the previous layer's K and Kdot Theta + K planes (double-buffered),
-and the activation step (``_relu_row``, ``_erf_row``, ``_gelu_row``, ``_sin_row``; chosen once per
-row, outside the loops) writes the next planes; the last layer is summed row by row.
+that LLVM vectorises (AVX2/AVX-512), with unsigned indices (no negative-index wraparound), and
+every array of the row loops without its owner (``_unowned``: numba's reference counts on them cost
+a NULL test, not an atomic pair per row).  Per layer, row u of Sigma and Theta is box-summed from the
+previous layer's K and Kdot Theta + K planes (double-buffered), and the activation step
+(``_relu_row``, ``_erf_row``, ``_gelu_row``, ``_sin_row``; chosen once per row, outside the loops)
+writes the next planes; the last layer is summed row by row.  The ReLU rows run in two passes (rho
+into a scratch row, then the step): one entry's chain of dependent operations is long, and a single
+loop ran at its latency (benchmarks/README.md, "Two passes per row").
 
-Arithmetic.  pi - arccos(rho) and sqrt(1 - rho^2) are polynomials (Chebyshev fits, about 1 ulp:
-asin of degree 4 in float32 and 11 in float64, sqrt(1 - z) of degree 12 in float64) around one
-hardware square root; the float32 ReLU row with 3 x 3 filters (the paper's family) is leaner
-(``_relu_fused``: rho by multiplies with inverse std maps, asin of degree 3, two hardware square
-roots) and fused with the box sums' horizontal half (``_relu_box_row``; benchmarks/README.md, "The
-fused ReLU row").  e^x and e^x - 1 (x <= 0, Sin) are Taylor polynomials after the usual reduction
+Arithmetic.  pi - arccos(rho) and sqrt(1 - rho^2) (``_arc``): in float32 arccos(|rho|) = sqrt(1 - |rho|)
+A(|rho|) with a polynomial A of degree 6 and sqrt(1 - rho^2) one hardware square root (no branch
+select, 2.4e-7 relative); in float64 polynomials (Chebyshev fits, about 1 ulp: asin of degree 11,
+sqrt(1 - z) of degree 12) around one hardware square root.  rho is formed by multiplies with inverse
+std maps in float32 and by the IEEE division in float64 (``_rho``).  With 3 x 3 filters (the paper's
+family) the ReLU row is fused with the box sums' horizontal half (``_relu_box_row``; benchmarks/README.md,
+"The fused ReLU row").  e^x and e^x - 1 (x <= 0, Sin) are Taylor polynomials after the usual reduction
 x = n ln 2 + r, with 2^n built from the bits (``_exp_red``, about 1 ulp); no libm call is
 left in a row loop, so every row step vectorises.  Divisions and square roots are IEEE (fast-math
 only contracts FMAs).  Every constant is cast to the input dtype, so float32 is computed in float32
@@ -71,6 +75,7 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from cntk.activations import ABReLU, Erf, Gelu, ReLU, Sin
@@ -92,10 +97,13 @@ _FM = {"nsz", "contract"}
 # error_model="numpy": numba's default Python error model tests every such divisor and raises
 # ZeroDivisionError, a branch that keeps LLVM from vectorising the loop (measured: 6x slower).
 
-# asin(s) = s + s z P(z), z = s^2 in [0, 1/4]: Chebyshev fits (mpmath, 50 digits) of
-# P(z) = (asin(sqrt z) - sqrt z) / z^1.5; relative error of asin 1.7e-8 (deg 4), 5.6e-17 (deg 11).
-_P32 = (0.16666672414795305, 0.07498855072600821, 0.04500138006991017, 0.026554542206161328, 0.038085023561092654)
-_P32_3 = (0.1666557814412795, 0.07540588093610517, 0.04003060370373795, 0.04996285153290453)
+# asin(s) = s + s z P(z), z = s^2 in [0, 1/4] (float64): Chebyshev fit (mpmath, 50 digits) of
+# P(z) = (asin(sqrt z) - sqrt z) / z^1.5 of degree 11; relative error of asin 5.6e-17.
+# arccos(a) = sqrt(1 - a) A(a) for a in [0, 1] (float32 only): least-squares fit of degree 6 at 4000
+# Chebyshev nodes of A(a) = arccos(a) / sqrt(1 - a), which is analytic on [0, 1]; arccos of it within
+# 2.4e-7 relative on [0, 1] in float32 arithmetic (about 2 ulp, most of it the rounding of the square root).
+_A32 = (1.57079615083173, -0.2145836960799178, 0.08873732884404091, -0.048724402258775404, 0.02674933123807084,
+        -0.011012386108654031, 0.002251368253841351)
 _P64 = (
     0.1666666666666665, 0.07500000000020764, 0.044642857103423646, 0.03038194736709848,
     0.02237204763174451, 0.017355259955786323, 0.013929652902326633, 0.011875494382636922,
@@ -125,61 +133,30 @@ def _cst_ol(like, value):
     return impl
 
 
-def _asin_poly(z):  # pragma: no cover
-    raise NotImplementedError
+@njit(fastmath=_FM, cache=True, inline="always")
+def _asin_poly(z):
+    """P(z) of the float64 asin fit (``_P64``), Estrin's scheme."""
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11 = _P64
+    z2 = z * z
+    z4 = z2 * z2
+    z8 = z4 * z4
+    lo = (c0 + z * c1) + z2 * (c2 + z * c3)
+    mid = (c4 + z * c5) + z2 * (c6 + z * c7)
+    hi = (c8 + z * c9) + z2 * (c10 + z * c11)
+    return lo + z4 * mid + z8 * hi
 
 
-@overload(_asin_poly)
-def _asin_poly_ol(z):
-    """P(z) of the asin fit, in z's precision (degree 4 for float32, 11 for float64)."""
-    if z == types.float32:
-        c0, c1, c2, c3, c4 = (np.float32(c) for c in _P32)
-
-        def impl32(z):
-            return c0 + z * (c1 + z * (c2 + z * (c3 + z * c4)))
-
-        return impl32
-    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11 = (np.float64(c) for c in _P64)
-
-    def impl64(z):
-        z2 = z * z
-        z4 = z2 * z2
-        z8 = z4 * z4
-        lo = (c0 + z * c1) + z2 * (c2 + z * c3)
-        mid = (c4 + z * c5) + z2 * (c6 + z * c7)
-        hi = (c8 + z * c9) + z2 * (c10 + z * c11)
-        return lo + z4 * mid + z8 * hi
-
-    return impl64
-
-
-def _sqrt_1m(z):  # pragma: no cover
-    raise NotImplementedError
-
-
-@overload(_sqrt_1m)
-def _sqrt_1m_ol(z):
-    """sqrt(1 - z) for z in [0, 1/4]: a polynomial in float64 (a vsqrtpd costs as much as a dozen
-    FMAs), the hardware square root in float32 (cheap there)."""
-    if z == types.float32:
-        one = np.float32(1.0)
-
-        def impl32(z):
-            return math.sqrt(one - z)
-
-        return impl32
-    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12 = (np.float64(c) for c in _Q64)
-
-    def impl64(z):
-        z2 = z * z
-        z4 = z2 * z2
-        z8 = z4 * z4
-        lo = (c0 + z * c1) + z2 * (c2 + z * c3)
-        mid = (c4 + z * c5) + z2 * (c6 + z * c7)
-        hi = (c8 + z * c9) + z2 * (c10 + z * c11) + z4 * c12
-        return lo + z4 * mid + z8 * hi
-
-    return impl64
+@njit(fastmath=_FM, cache=True, inline="always")
+def _sqrt_1m(z):
+    """sqrt(1 - z) for z in [0, 1/4], float64: a polynomial (``_Q64``; a vsqrtpd costs as much as a dozen FMAs)."""
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12 = _Q64
+    z2 = z * z
+    z4 = z2 * z2
+    z8 = z4 * z4
+    lo = (c0 + z * c1) + z2 * (c2 + z * c3)
+    mid = (c4 + z * c5) + z2 * (c6 + z * c7)
+    hi = (c8 + z * c9) + z2 * (c10 + z * c11) + z4 * c12
+    return lo + z4 * mid + z8 * hi
 
 
 @intrinsic
@@ -198,6 +175,29 @@ def _pow2(typingctx, t):
         return builder.bitcast(builder.shl(bits, ir.Constant(ity, shift)), fty)
 
     return t(t), codegen
+
+
+@intrinsic
+def _unowned(typingctx, arr):
+    """arr's data, shape and strides without its owner (a NULL meminfo), so that numba's reference
+    counting of it costs a NULL test instead of an atomic increment and decrement.  Numba counts a
+    reference for every array variable bound in a row loop (views, array choices, the arguments of
+    inlined row functions); on the owned arrays those atomic pairs took about 30 % of the depth-11 time
+    (benchmarks/README.md, "Two passes per row").  Only for arrays whose owner outlives every use: the
+    arguments of the non-inlined ``_plane_block``, held by its caller."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        from numba.np.arrayobj import make_array, populate_array
+
+        src = make_array(signature.args[0])(context, builder, args[0])
+        out = make_array(signature.return_type)(context, builder)
+        populate_array(out, data=src.data, shape=cgutils.unpack_tuple(builder, src.shape),
+                       strides=cgutils.unpack_tuple(builder, src.strides), itemsize=src.itemsize, meminfo=None)
+        return out._getvalue()
+
+    return arr(arr), codegen
 
 
 def _exp_red(x):  # pragma: no cover
@@ -267,8 +267,8 @@ def _expm1_neg(x):
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
-def _arc(rho):
-    """(pi - arccos(rho), sqrt(1 - rho^2)) for rho in [-1, 1], branch-free (selects only).
+def _arc64(rho):
+    """(pi - arccos(rho), sqrt(1 - rho^2)) for rho in [-1, 1], float64, branch-free (selects only).
 
     With a = |rho|: for a <= 1/2, z = a^2, arccos(a) = pi/2 - asin(a), sqrt(1 - rho^2) = sqrt(1 - z);
     for a > 1/2, z = (1 - a) / 2, s = sqrt(z), arccos(a) = 2 asin(s), sqrt(1 - rho^2) = 2 s sqrt(1 - z);
@@ -288,6 +288,36 @@ def _arc(rho):
     m = (sq + sq) if big else one
     sn = m * q
     return pt, sn
+
+
+def _arc(rho):  # pragma: no cover - replaced by the overload inside jitted code
+    raise NotImplementedError
+
+
+@overload(_arc, inline="always")
+def _arc_ol(rho):
+    """(pi - arccos(rho), sqrt(1 - rho^2)) for rho in [-1, 1], in rho's precision.  float64: ``_arc64``.
+    float32, no branch and no select but the sign's: with a = |rho|, arccos(a) = sqrt(1 - a) A(a) (``_A32``:
+    1 - a is exact for a >= 1/2, so arccos keeps its relative accuracy near a = 1), pi - arccos(rho) is
+    pi - arccos(a) for rho >= 0 and arccos(a) below, and sqrt(1 - rho^2) the square root of the FMA 1 - a a
+    (one rounding: accurate also near a = 1).  A short dependency chain and few operations: the ReLU
+    rows are bound by how many entries the out-of-order core holds in flight (benchmarks/README.md,
+    "Two passes per row")."""
+    if rho != types.float32:
+        def impl64(rho):
+            return _arc64(rho)
+
+        return impl64
+    zero, one, pi = np.float32(0.0), np.float32(1.0), np.float32(math.pi)
+    c0, c1, c2, c3, c4, c5, c6 = (np.float32(v) for v in _A32)
+
+    def impl32(rho):
+        a = abs(rho)
+        acos_a = math.sqrt(one - a) * (c0 + a * (c1 + a * (c2 + a * (c3 + a * (c4 + a * (c5 + a * c6))))))
+        pt = acos_a if rho < zero else pi - acos_a
+        return pt, math.sqrt(one - a * a)
+
+    return impl32
 
 
 def _rho(cov, norm, pos, ix, iy):  # pragma: no cover
@@ -316,19 +346,21 @@ def _rho_ol(cov, norm, pos, ix, iy):
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
-def _relu(cov, nx, ny, ix, iy, c):
-    """(K, Kdot) of ``arccos.relu_step`` for one entry; c = scale / (2 pi), ix, iy = 1 / nx, 1 / ny (0
-    where 0; ``_rho``).  Where nx * ny = 0, rho = clamp(cov) or 0 is finite, so K = 0 without a select;
-    Kdot = 0 by one.  Self pairs (rho = 1 exactly) are handled by the caller, which passes cov = +huge
-    there (clamped to rho = 1)."""
-    zero = _cst(cov, 0.0)
+def _rho_at(cov, nx, ny, ix, iy):
+    """rho = cov / (nx ny) clamped to [-1, 1] (``_rho``: by the inverse stds ix, iy in float32, 0 where a
+    std is 0).  A self pair's zero plane passes cov = +huge (clamped to rho = 1 exactly)."""
     one = _cst(cov, 1.0)
     norm = nx * ny
-    pos = norm > zero
-    rho = _rho(cov, norm, pos, ix, iy)
-    rho = min(max(rho, -one), one)
+    return min(max(_rho(cov, norm, norm > _cst(cov, 0.0), ix, iy), -one), one)
+
+
+@njit(fastmath=_FM, cache=True, inline="always")
+def _relu_at(rho, norm, c):
+    """(K, Kdot) of ``arccos.relu_step`` for one entry from its clamped rho (``_rho_at``) and norm = nx ny;
+    c = scale / (2 pi).  Where norm = 0, rho is finite (0 or clamped), so K = 0 without a select; Kdot = 0
+    by one."""
     pt, sn = _arc(rho)
-    kd = pt * c if pos else zero
+    kd = pt * c if norm > _cst(rho, 0.0) else _cst(rho, 0.0)
     k = norm * (sn + pt * rho) * c
     return k, kd
 
@@ -364,59 +396,23 @@ def _box_row(src, u, sb, q, vsr, dst, n):
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
-def _relu_row(sg, tr, se, ie, xo, s2b, i2b, yo, n, c, kf, dk, dt, do):
+def _relu_row(sg, tr, se, ie, xo, s2b, i2b, yo, n, c, kf, rr, dk, dt, do):
     """One row of the ReLU step for the B lanes: K into dk[do + k] and Kdot * Theta + kf * K into
     dt[do + k], k < n.  sg, tr: the row of Sigma and Theta; se[xo + k], s2b[yo + k]: the stds of x
-    and y, ie, i2b their inverses.  One loop for every case (nngp just ignores dt): each extra copy
-    of this loop costs seconds of compilation.  Inlined into the plane loop: a call passes every array
-    as seven words on the stack, which cost as much as the arithmetic of a short row."""
-    for k in range(np.uint64(n)):
-        kk, kd = _relu(sg[k], se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k], c)
+    and y, ie, i2b their inverses; rr: a row of scratch.  Two passes: rho into rr, then the step.  One
+    entry's chain of dependent operations is long (about 50 cycles), and an out-of-order core holds
+    only a few entries' worth of operations in flight, so a single loop ran at the chain's latency, not
+    at the pipes' throughput; two shorter loops keep more entries in flight (benchmarks/README.md, "Two
+    passes per row").  One loop pair for every case (nngp just ignores dt): each extra copy costs
+    seconds of compilation.  Inlined into the plane loop: a call passes every array as seven words on
+    the stack, which cost as much as the arithmetic of a short row."""
+    un = np.uint64(n)
+    for k in range(un):
+        rr[k] = _rho_at(sg[k], se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k])
+    for k in range(un):
+        kk, kd = _relu_at(rr[k], se[xo + k] * s2b[yo + k], c)
         dk[do + k] = kk
         dt[do + k] = kd * tr[k] + kf * kk
-
-
-def _relu_fused(cov, nx, ny, ix, iy, c):  # pragma: no cover
-    raise NotImplementedError
-
-
-@overload(_relu_fused)
-def _relu_fused_ol(cov, nx, ny, ix, iy, c):
-    """(K, Kdot) of ``_relu`` for the fused row (``_relu_box_row``: no self pair's +huge there, so
-    |rho| exceeds 1 by rounding only).  float64: ``_relu`` itself.  float32: the same mathematics with
-    fewer operations for the multiply pipes, which bound the row (the divider has room for two square
-    roots): rho by multiplies (``_rho``), one clamp (|rho| <= 1) and the sign restored by copysign;
-    pi - arccos(rho) = base + coef asin(s) with s = rho, coef = 1, base = pi / 2 for |rho| <= 1/2 (asin is
-    odd: no sign select) and s = sqrt((1 - |rho|) / 2), coef = -2 sign(rho), base = pi or 0 above;
-    sqrt(1 - rho^2) as the hardware square root of the FMA 1 - rho rho (one rounding: accurate also
-    near |rho| = 1), instead of two selects and a product around sqrt(1 - z)."""
-    if cov != types.float32:
-        def impl64(cov, nx, ny, ix, iy, c):
-            return _relu(cov, nx, ny, ix, iy, c)
-
-        return impl64
-    zero, half, one, two = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(2.0)
-    hpi = np.float32(0.5 * math.pi)
-    e0, e1, e2, e3 = (np.float32(v) for v in _P32_3)
-
-    def impl32(cov, nx, ny, ix, iy, c):
-        norm = nx * ny
-        r = (cov * ix) * iy
-        a = min(abs(r), one)
-        rho = math.copysign(a, r)
-        big = a > half
-        z = (half - half * a) if big else a * a
-        s = math.sqrt(z) if big else rho
-        p = s + (s * z) * (e0 + z * (e1 + z * (e2 + z * e3)))  # asin(s), degree 3: 8.9e-8 relative
-        coef = math.copysign(two, -rho) if big else one
-        base = (hpi + math.copysign(hpi, rho)) if big else hpi
-        pt = coef * p + base
-        sn = math.sqrt(one - rho * rho)
-        k = (norm * (pt * rho + sn)) * c
-        kd = pt * c if norm > zero else zero
-        return k, kd
-
-    return impl32
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
@@ -436,32 +432,39 @@ def _vsum3(src, u, sb, dst, scl, one):
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
-def _relu_box_row(vs, vt, sb2, tb2, se, ie, xo, s2b, i2b, yo, n, c, dk, dt, do):
+def _relu_box_row(vs, vt, sb2, tb2, se, ie, xo, s2b, i2b, yo, n, c, rr, dk, dt, do):
     """``_relu_row`` (with kf = 1) fused with the horizontal half of the 3 x 3 box sums: Sigma = vs[k] +
     vs[k + B] + vs[k + 2 B] + sb2 and Theta = the same of vt plus tb2, from the vertical sums vs, vt
-    (``_vsum3``); the step is ``_relu_fused``.  The additions go to the adder pipes while the arc-cosine
-    keeps the multipliers busy, and Sigma and Theta never make a round trip through memory."""
+    (``_vsum3``), in the same two passes (rho into rr, then the step).  The additions go to the adder
+    pipes while the arc-cosine keeps the multipliers busy, and Sigma and Theta never make a round trip
+    through memory."""
     ub = np.uint64(_B)
     ub2 = ub + ub
-    for k in range(np.uint64(n)):
+    un = np.uint64(n)
+    for k in range(un):
         cov = (vs[k] + vs[k + ub] + vs[k + ub2]) + sb2
+        rr[k] = _rho_at(cov, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k])
+    for k in range(un):
         th = (vt[k] + vt[k + ub] + vt[k + ub2]) + tb2
-        kk, kd = _relu_fused(cov, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k], c)
+        kk, kd = _relu_at(rr[k], se[xo + k] * s2b[yo + k], c)
         dk[do + k] = kk
         dt[do + k] = kd * th + kk
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
-def _relu_box_fix_row(vs, vt, vd, sb2, tb2, db2, kf, se, ie, xo, s2b, i2b, yo, n, c, dk, dt, dd, do):
+def _relu_box_fix_row(vs, vt, vd, sb2, tb2, db2, kf, se, ie, xo, s2b, i2b, yo, n, c, rr, dk, dt, dd, do):
     """``_relu_box_row`` with the one-pass fix readout (``_plane_block``'s dbufs): also D's vertical sums
     vd (plus db2) through the same Kdot, dd = Kdot D, and dt = Kdot Theta + kf K."""
     ub = np.uint64(_B)
     ub2 = ub + ub
-    for k in range(np.uint64(n)):
+    un = np.uint64(n)
+    for k in range(un):
         cov = (vs[k] + vs[k + ub] + vs[k + ub2]) + sb2
+        rr[k] = _rho_at(cov, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k])
+    for k in range(un):
         th = (vt[k] + vt[k + ub] + vt[k + ub2]) + tb2
         dv = (vd[k] + vd[k + ub] + vd[k + ub2]) + db2
-        kk, kd = _relu_fused(cov, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k], c)
+        kk, kd = _relu_at(rr[k], se[xo + k] * s2b[yo + k], c)
         dk[do + k] = kk
         dt[do + k] = kd * th + kf * kk
         dd[do + k] = kd * dv
@@ -637,12 +640,16 @@ def _plane_block(xe, se, ie, x2b, s2b, i2b, shape, cb, di, dj, exl, q, prm, ntk,
     un = np.uint64(n)
     zero = _cst(xe, 0.0)
     one = _cst(xe, 1.0)
+    # every array of the row loops without its owner (``_unowned``): no atomic reference counts per row
+    xe, se, ie, x2b, s2b, i2b = _unowned(xe), _unowned(se), _unowned(ie), _unowned(x2b), _unowned(s2b), _unowned(i2b)
+    bufs, rows, lacc, prm = _unowned(bufs), _unowned(rows), _unowned(lacc), _unowned(prm)
     pka, pkb, pta, ptb = bufs[0], bufs[1], bufs[2], bufs[3]
     sg, tr, vsr, rk, rt, acc = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
     for buf in (pka, pkb, pta, ptb):
         _zero_border(buf, hh, ww, r)
     if dbufs is not None:
-        pda, pdb, drow, ones, rd = dbufs[0], dbufs[1], dbufs[2], dbufs[3], dbufs[4]
+        dbu = _unowned(dbufs)  # (a new name: rebinding dbufs would defeat the pruning of its None branches)
+        pda, pdb, drow, ones, rd = dbu[0], dbu[1], dbu[2], dbu[3], dbu[4]
         _zero_border(pda, hh, ww, r)
         _zero_border(pdb, hh, ww, r)
         for k in range(un):
@@ -753,13 +760,13 @@ def _plane_block(xe, se, ie, x2b, s2b, i2b, shape, cb, di, dj, exl, q, prm, ntk,
                 elif act == 3:
                     _sin_row(sg, theta, se, xo, s2b, yo, n, c, c2, za, zb, kf, rk, rt, np.uint64(0))
                 elif fuse:
-                    _relu_box_row(sg, vt, b2, tfirst, se, ie, xo, s2b, i2b, yo, n, c, rk, rt,
+                    _relu_box_row(sg, vt, b2, tfirst, se, ie, xo, s2b, i2b, yo, n, c, vsr, rk, rt,
                                   np.uint64(0))
                 elif ffix:
-                    _relu_box_fix_row(sg, vt, vd, b2, tfirst, dfirst, kft, se, ie, xo, s2b, i2b, yo, n, c, rk, rt, rd,
+                    _relu_box_fix_row(sg, vt, vd, b2, tfirst, dfirst, kft, se, ie, xo, s2b, i2b, yo, n, c, vsr, rk, rt, rd,
                                       np.uint64(0))
                 else:
-                    _relu_row(sg, theta, se, ie, xo, s2b, i2b, yo, n, c, kf, rk, rt, np.uint64(0))
+                    _relu_row(sg, theta, se, ie, xo, s2b, i2b, yo, n, c, kf, vsr, rk, rt, np.uint64(0))
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, rk, rt, np.uint64(0))
                 if dbufs is not None:
@@ -783,13 +790,13 @@ def _plane_block(xe, se, ie, x2b, s2b, i2b, shape, cb, di, dj, exl, q, prm, ntk,
                 elif act == 3:
                     _sin_row(sg, theta, se, xo, s2b, yo, n, c, c2, za, zb, kf, pkb, ptb, po)
                 elif fuse:
-                    _relu_box_row(sg, vt, b2, tfirst, se, ie, xo, s2b, i2b, yo, n, c, pkb, ptb,
+                    _relu_box_row(sg, vt, b2, tfirst, se, ie, xo, s2b, i2b, yo, n, c, vsr, pkb, ptb,
                                   po)
                 elif ffix:
-                    _relu_box_fix_row(sg, vt, vd, b2, tfirst, dfirst, kft, se, ie, xo, s2b, i2b, yo, n, c, pkb, ptb, pdb,
+                    _relu_box_fix_row(sg, vt, vd, b2, tfirst, dfirst, kft, se, ie, xo, s2b, i2b, yo, n, c, vsr, pkb, ptb, pdb,
                                       po)
                 else:
-                    _relu_row(sg, theta, se, ie, xo, s2b, i2b, yo, n, c, kf, pkb, ptb, po)
+                    _relu_row(sg, theta, se, ie, xo, s2b, i2b, yo, n, c, kf, vsr, pkb, ptb, po)
                 if ab:
                     _abrelu_row(sg, theta, se, xo, s2b, yo, n, c2, za, zb, kf, pkb, ptb, po)
                 if dbufs is not None:
