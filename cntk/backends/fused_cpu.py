@@ -294,7 +294,7 @@ def _arc(rho):  # pragma: no cover - replaced by the overload inside jitted code
     raise NotImplementedError
 
 
-@overload(_arc, inline="always")
+@overload(_arc)
 def _arc_ol(rho):
     """(pi - arccos(rho), sqrt(1 - rho^2)) for rho in [-1, 1], in rho's precision.  float64: ``_arc64``.
     float32, no branch and no select but the sign's: with a = |rho|, arccos(a) = sqrt(1 - a) A(a) (``_A32``:
