@@ -432,6 +432,16 @@ def _vsum3(src, u, sb, dst, scl, one):
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
+def _rho_box_pass(vs, sb2, se, ie, xo, s2b, i2b, yo, n, rr):
+    """The first pass of the fused rows: rr[k] = rho of Sigma = vs[k] + vs[k + B] + vs[k + 2 B] + sb2
+    (the horizontal half of the 3 x 3 box sum of the vertical sums vs, ``_vsum3``), k < n (``_rho_at``)."""
+    ub = np.uint64(_B)
+    ub2 = ub + ub
+    for k in range(np.uint64(n)):
+        rr[k] = _rho_at((vs[k] + vs[k + ub] + vs[k + ub2]) + sb2, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k])
+
+
+@njit(fastmath=_FM, cache=True, inline="always")
 def _relu_box_row(vs, vt, sb2, tb2, se, ie, xo, s2b, i2b, yo, n, c, rr, dk, dt, do):
     """``_relu_row`` (with kf = 1) fused with the horizontal half of the 3 x 3 box sums: Sigma = vs[k] +
     vs[k + B] + vs[k + 2 B] + sb2 and Theta = the same of vt plus tb2, from the vertical sums vs, vt
@@ -441,9 +451,7 @@ def _relu_box_row(vs, vt, sb2, tb2, se, ie, xo, s2b, i2b, yo, n, c, rr, dk, dt, 
     ub = np.uint64(_B)
     ub2 = ub + ub
     un = np.uint64(n)
-    for k in range(un):
-        cov = (vs[k] + vs[k + ub] + vs[k + ub2]) + sb2
-        rr[k] = _rho_at(cov, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k])
+    _rho_box_pass(vs, sb2, se, ie, xo, s2b, i2b, yo, n, rr)
     for k in range(un):
         th = (vt[k] + vt[k + ub] + vt[k + ub2]) + tb2
         kk, kd = _relu_at(rr[k], se[xo + k] * s2b[yo + k], c)
@@ -458,9 +466,7 @@ def _relu_box_fix_row(vs, vt, vd, sb2, tb2, db2, kf, se, ie, xo, s2b, i2b, yo, n
     ub = np.uint64(_B)
     ub2 = ub + ub
     un = np.uint64(n)
-    for k in range(un):
-        cov = (vs[k] + vs[k + ub] + vs[k + ub2]) + sb2
-        rr[k] = _rho_at(cov, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k])
+    _rho_box_pass(vs, sb2, se, ie, xo, s2b, i2b, yo, n, rr)
     for k in range(un):
         th = (vt[k] + vt[k + ub] + vt[k + ub2]) + tb2
         dv = (vd[k] + vd[k + ub] + vd[k + ub2]) + db2
