@@ -276,7 +276,7 @@ def _arc64(rho):
     half = _cst(rho, 0.5)
     one = _cst(rho, 1.0)
     pi = _cst(rho, math.pi)
-    a = min(abs(rho), one)
+    a = abs(rho)
     big = a > half
     z = half * (one - a) if big else a * a
     sq = math.sqrt(z)
@@ -312,7 +312,7 @@ def _arc_ol(rho):
     c0, c1, c2, c3, c4, c5, c6 = (np.float32(v) for v in _A32)
 
     def impl32(rho):
-        a = min(abs(rho), one)
+        a = abs(rho)
         acos_a = math.sqrt(one - a) * (c0 + a * (c1 + a * (c2 + a * (c3 + a * (c4 + a * (c5 + a * c6))))))
         pt = acos_a if rho < zero else pi - acos_a
         return pt, math.sqrt(one - a * a)
@@ -355,17 +355,8 @@ def _rho_at(cov, nx, ny, ix, iy):
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
-def _rho_free(cov, nx, ny, ix, iy):
-    """``_rho_at`` without the clamp, for the fused rows (never a self pair's zero plane): |rho| exceeds 1
-    by rounding only (Cauchy-Schwarz), and ``_arc`` clamps |rho| itself."""
-    norm = nx * ny
-    return _rho(cov, norm, norm > _cst(cov, 0.0), ix, iy)
-
-
-@njit(fastmath=_FM, cache=True, inline="always")
 def _relu_at(rho, norm, c):
-    """(K, Kdot) of ``arccos.relu_step`` for one entry from its rho (``_rho_at``, or ``_rho_free``: within
-    rounding of [-1, 1], and ``_arc`` clamps |rho|) and norm = nx ny;
+    """(K, Kdot) of ``arccos.relu_step`` for one entry from its clamped rho (``_rho_at``) and norm = nx ny;
     c = scale / (2 pi).  Where norm = 0, rho is finite (0 or clamped), so K = 0 without a select; Kdot = 0
     by one."""
     pt, sn = _arc(rho)
@@ -443,15 +434,11 @@ def _vsum3(src, u, sb, dst, scl, one):
 @njit(fastmath=_FM, cache=True, inline="always")
 def _rho_box_pass(vs, sb2, se, ie, xo, s2b, i2b, yo, n, rr):
     """The first pass of the fused rows: rr[k] = rho of Sigma = vs[k] + vs[k + B] + vs[k + 2 B] + sb2
-    (the horizontal half of the 3 x 3 box sum of the vertical sums vs, ``_vsum3``), k < n (``_rho_free``)."""
+    (the horizontal half of the 3 x 3 box sum of the vertical sums vs, ``_vsum3``), k < n (``_rho_at``)."""
     ub = np.uint64(_B)
     ub2 = ub + ub
-    if sb2 == _cst(sb2, 0.0):  # no bias (the paper's networks): one addition less per entry
-        for k in range(np.uint64(n)):
-            rr[k] = _rho_free(vs[k] + vs[k + ub] + vs[k + ub2], se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k])
-    else:
-        for k in range(np.uint64(n)):
-            rr[k] = _rho_free((vs[k] + vs[k + ub] + vs[k + ub2]) + sb2, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k])
+    for k in range(np.uint64(n)):
+        rr[k] = _rho_at((vs[k] + vs[k + ub] + vs[k + ub2]) + sb2, se[xo + k], s2b[yo + k], ie[xo + k], i2b[yo + k])
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
